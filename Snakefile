@@ -1,0 +1,29 @@
+# hierpipe: download/split -> train every model/option/seed -> export embeddings ->
+# evaluate -> aggregate. Params: params/default.yaml, or --configfile params/<other>.yaml.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# A --configfile on the command line replaces the default instead of being merged into it,
+# so an experiment never inherits another one's datasets or models.
+if not workflow.config_settings.configfiles:
+
+    configfile: "params/default.yaml"
+
+
+
+validate(config, "workflow/schemas/params.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/summary.md",
+    default_target: True

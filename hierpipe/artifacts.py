@@ -1,0 +1,117 @@
+"""Torch files of a run: atomic writes, safe loads, and the trained-model artefact (model.pt).
+
+model.pt holds the network and loss state of the selected epoch, the class ids of the
+classifier's rows, and the resolved run config, so embedding export needs nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hierpipe.config import RunConfig
+from hierpipe.errors import HierpipeError
+from hierpipe.io import atomic_path
+from hierpipe.losses import ProxyClassifierLoss, build_loss
+from hierpipe.models import EmbeddingNet
+
+MODEL_FORMAT = "hierpipe.model/1"
+
+
+def save_torch_atomic(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: str | Path, what: str) -> dict[str, Any]:
+    """Load tensors and plain containers only (weights_only): no pickle from files on disk."""
+    path = Path(path)
+    if not path.is_file():
+        raise HierpipeError(f"{path}: {what} not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise HierpipeError(
+            f"{path}: cannot read {what} ({type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(data, dict):
+        raise HierpipeError(f"{path}: expected a {what} dictionary, got {type(data).__name__}")
+    return data
+
+
+def build_network(
+    config: RunConfig, num_classes: int, initial_weights: bool = True
+) -> tuple[EmbeddingNet, ProxyClassifierLoss | None]:
+    """The embedding network and (for trained models) the loss that owns the class proxies.
+
+    initial_weights=False skips pretrained weights, for a network whose state is loaded next.
+    """
+    loss = None
+    if config.loss is not None:
+        loss = build_loss(
+            config.loss, num_classes, config.backbone.embedding_dim, **config.hyperparameters
+        )
+    net = EmbeddingNet(
+        config.backbone.name,
+        config.backbone.embedding_dim,
+        # the untrained baseline is judged by directions only, like the normalised models
+        normalize=True if loss is None else loss.normalized_embeddings,
+        pretrained=config.backbone.pretrained and initial_weights,
+        weights=config.backbone.weights if initial_weights else None,
+    )
+    return net, loss
+
+
+@dataclass
+class TrainedModel:
+    config: RunConfig
+    net: EmbeddingNet
+    loss: ProxyClassifierLoss | None
+    class_ids: list[int]
+    epoch: int
+
+
+def save_model(
+    path: str | Path,
+    config: RunConfig,
+    net_state: dict[str, torch.Tensor],
+    loss_state: dict[str, torch.Tensor] | None,
+    class_ids: list[int],
+    epoch: int,
+) -> None:
+    save_torch_atomic(
+        {
+            "format": MODEL_FORMAT,
+            "config": config.to_dict(),
+            "net": net_state,
+            "loss": loss_state,
+            "class_ids": list(class_ids),
+            "epoch": epoch,
+        },
+        path,
+    )
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    data = load_torch(path, "model file")
+    if data.get("format") != MODEL_FORMAT:
+        raise HierpipeError(f"{path}: not a hierpipe model (format {data.get('format')!r})")
+    config = RunConfig.from_dict(data["config"], source=f"{path} config")
+    net, loss = build_network(config, len(data["class_ids"]), initial_weights=False)
+    _load_state(net, data["net"], path, "network")
+    if loss is not None:
+        _load_state(loss, data["loss"], path, "loss")
+    return TrainedModel(config, net, loss, list(data["class_ids"]), int(data["epoch"]))
+
+
+def _load_state(module: torch.nn.Module, state: dict, path: str | Path, what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0]
+        raise HierpipeError(
+            f"{path}: {what} state does not match the configured model ({first_line})"
+        ) from error

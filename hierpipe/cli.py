@@ -1,0 +1,146 @@
+"""The `hierpipe` command. Thin: parse arguments, call the package, exit with a clear message.
+
+Every verb reads and writes files only, so Snakemake rules (and users) can call it directly.
+Bad input ends with one line, `hierpipe <verb>: error: <what and where>`, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from hierpipe.errors import HierpipeError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        args.handler(args)
+    except HierpipeError as error:
+        print(f"hierpipe {args.verb}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _data_prepare(args: argparse.Namespace) -> None:
+    from hierpipe.data import prepare_dataset
+
+    prepare_dataset(args.dataset, args.out, _key_values(args.option, "--option"), args.source)
+
+
+def _data_split(args: argparse.Namespace) -> None:
+    from hierpipe.data import make_split
+
+    fractions = {
+        k: float(v) for k, v in _key_values(args.fractions.split(","), "--fractions").items()
+    }
+    make_split(args.root, args.name, args.scheme, fractions, args.seed)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from hierpipe.config import read_run_config
+    from hierpipe.train import train_run
+
+    train_run(read_run_config(args.config), args.model_out, args.log_out, args.checkpoint_dir)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from hierpipe.embed import export_embeddings
+
+    export_embeddings(args.model, args.embeddings_out, args.representatives_out, args.batch_size)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from hierpipe.config import read_run_config
+    from hierpipe.evaluate import evaluate_run
+
+    evaluate_run(read_run_config(args.config), args.embeddings, args.representatives, args.out)
+
+
+def _aggregate(args: argparse.Namespace) -> None:
+    from hierpipe.aggregate import aggregate
+
+    aggregate(args.metrics, args.out_dir)
+
+
+def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    values = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HierpipeError(f"{flag} {item!r}: expected KEY=VALUE")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hierpipe", description="Hierarchical metric learning experiments, step by step."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    data = verbs.add_parser("data", help="prepare datasets and splits")
+    data_verbs = data.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    prepare = data_verbs.add_parser(
+        "prepare", help="download/generate a dataset into samples.parquet + classes.parquet"
+    )
+    prepare.add_argument("dataset", help="a registered dataset name, e.g. shapes")
+    prepare.add_argument("--out", required=True, help="dataset directory to write")
+    prepare.add_argument("--source", help="mirror URL, local archive or extracted directory")
+    prepare.add_argument(
+        "--option", action="append", metavar="KEY=VALUE", help="a builder option (repeatable)"
+    )
+    prepare.set_defaults(handler=_data_prepare, verb="data prepare")
+    split = data_verbs.add_parser("split", help="write a deterministic split of a dataset")
+    split.add_argument("root", help="dataset directory (with samples.parquet)")
+    split.add_argument(
+        "--name", required=True, help="split name: writes <root>/splits/<name>.parquet"
+    )
+    split.add_argument("--scheme", required=True, help="by_image or by_class")
+    split.add_argument(
+        "--fractions", required=True, metavar="SUBSET=F,...", help="e.g. train=0.6,val=0.2,test=0.2"
+    )
+    split.add_argument("--seed", type=int, required=True)
+    split.set_defaults(handler=_data_split, verb="data split")
+
+    train = verbs.add_parser("train", help="train one run (resumes from its checkpoint)")
+    train.add_argument("--config", required=True, help="the run's config.yaml")
+    train.add_argument("--model-out", required=True, help="model.pt to write")
+    train.add_argument("--log-out", required=True, help="per-epoch log (Parquet) to write")
+    train.add_argument("--checkpoint-dir", required=True, help="where resumable state lives")
+    train.add_argument("--threads", type=int, help="CPU threads for torch")
+    train.set_defaults(handler=_train, verb="train")
+
+    embed = verbs.add_parser("embed", help="export embeddings and class representatives")
+    embed.add_argument("--model", required=True, help="model.pt of a run")
+    embed.add_argument("--embeddings-out", required=True)
+    embed.add_argument("--representatives-out", required=True)
+    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--threads", type=int, help="CPU threads for torch")
+    embed.set_defaults(handler=_embed, verb="embed")
+
+    evaluate = verbs.add_parser("evaluate", help="compute every measure into metrics.json")
+    evaluate.add_argument("--config", required=True, help="the run's config.yaml")
+    evaluate.add_argument("--embeddings", required=True)
+    evaluate.add_argument("--representatives", required=True)
+    evaluate.add_argument("--out", required=True, help="metrics.json to write")
+    evaluate.add_argument("--threads", type=int, help="CPU threads for torch")
+    evaluate.set_defaults(handler=_evaluate, verb="evaluate")
+
+    aggregate = verbs.add_parser("aggregate", help="summary tables over runs and seeds")
+    aggregate.add_argument("metrics", nargs="+", help="metrics.json files")
+    aggregate.add_argument("--out-dir", required=True, help="writes summary.parquet/.csv/.md")
+    aggregate.set_defaults(handler=_aggregate, verb="aggregate")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Experiment params and the resolved configuration of one run.
+
+Params (params/*.yaml) describe a whole grid; Snakemake validates them against
+workflow/schemas/params.schema.yaml and then calls `check_params` for what a schema cannot
+express (names that must exist in the registries). Each run gets a `RunConfig`: everything
+that determines its outputs, written next to them as config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hierpipe.errors import HierpipeError
+from hierpipe.io import write_text_atomic
+
+RUN_ID_PATTERN = r"[a-z0-9_]+-s[0-9]+"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    scheme: str = "by_image"
+    fractions: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.6, "val": 0.2, "test": 0.2}
+    )
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.scheme}-seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "resnet10t"
+    pretrained: bool = False
+    weights: str | None = None
+    embedding_dim: int = 128
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1.0e-4
+    weight_decay: float = 0.0
+    num_workers: int = 0
+    augment: str = "none"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    subset: str = "test"
+    retrieval_ks: tuple[int, ...] = (1, 2, 4, 8)
+    distance: str = "cosine"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one (dataset, model, seed) run depends on."""
+
+    experiment: str
+    dataset: str
+    data_dir: str
+    split: SplitConfig
+    model: str
+    loss: str | None
+    hyperparameters: dict[str, Any]
+    seed: int
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.model, self.seed)
+
+    @property
+    def split_path(self) -> Path:
+        return Path(self.data_dir) / "splits" / f"{self.split.name}.parquet"
+
+    @property
+    def trained(self) -> bool:
+        """False for the random-weights baseline, which is evaluated untrained."""
+        return self.loss is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "run config") -> RunConfig:
+        return _build(cls, data, source)
+
+
+def run_id(model: str, seed: int) -> str:
+    return f"{model}-s{seed}"
+
+
+def check_params(params: Mapping[str, Any]) -> None:
+    """Check what the JSON schema cannot: names must exist in hierpipe's registries."""
+    import timm
+
+    from hierpipe.data import get_dataset
+    from hierpipe.losses import LOSSES, build_loss
+
+    for dataset in params["datasets"]:
+        get_dataset(dataset)
+    for model, definition in params["models"].items():
+        loss = definition["loss"]
+        if loss is None:
+            continue
+        if loss not in LOSSES:
+            raise HierpipeError(
+                f"params: models.{model}.loss is {loss!r}; expected one of {sorted(LOSSES)} "
+                "or null (the untrained baseline)"
+            )
+        try:  # a throwaway instance checks hyperparameter names and values now, not mid-grid
+            build_loss(loss, 2, 1, **definition.get("hyperparameters", {}))
+        except HierpipeError as error:
+            raise HierpipeError(f"params: models.{model}: {error}") from error
+    for name in params["runs"]:
+        if name not in params["models"]:
+            raise HierpipeError(
+                f"params: runs lists model {name!r}, which is not defined under models "
+                f"(defined: {sorted(params['models'])})"
+            )
+    backbone = params.get("backbone", {}).get("name", BackboneConfig.name)
+    if not timm.is_model(backbone):
+        raise HierpipeError(f"params: backbone.name {backbone!r} is not a timm model name")
+    fractions = [d.get("split", {}).get("fractions") for d in params["datasets"].values()]
+    for dataset, fraction in zip(params["datasets"], fractions, strict=True):
+        if fraction is not None and abs(sum(fraction.values()) - 1.0) > 1e-6:
+            raise HierpipeError(
+                f"params: datasets.{dataset}.split.fractions sum to {sum(fraction.values())}; "
+                "expected 1"
+            )
+
+
+def resolve_run_config(
+    params: Mapping[str, Any], dataset: str, model: str, seed: int, data_root: str = "data"
+) -> RunConfig:
+    """The run's config from validated params (schema defaults already filled in)."""
+    if dataset not in params["datasets"]:
+        raise HierpipeError(f"params: no dataset {dataset!r} (have {sorted(params['datasets'])})")
+    if model not in params["models"]:
+        raise HierpipeError(f"params: no model {model!r} (have {sorted(params['models'])})")
+    definition = params["models"][model]
+    return RunConfig(
+        experiment=params["experiment"],
+        dataset=dataset,
+        data_dir=f"{data_root}/{dataset}",
+        split=_build(SplitConfig, params["datasets"][dataset].get("split", {}), "split"),
+        model=model,
+        loss=definition["loss"],
+        hyperparameters=dict(definition.get("hyperparameters", {})),
+        seed=int(seed),
+        backbone=_build(BackboneConfig, params.get("backbone", {}), "backbone"),
+        train=_build(TrainConfig, params.get("train", {}), "train"),
+        evaluate=_build(EvaluateConfig, params.get("evaluate", {}), "evaluate"),
+    )
+
+
+def write_run_config(config: RunConfig, path: str | Path) -> None:
+    write_yaml_atomic(config.to_dict(), path)
+
+
+def read_run_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise HierpipeError(f"{path}: run config not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise HierpipeError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise HierpipeError(f"{path}: expected a mapping of run settings")
+    return RunConfig.from_dict(data, source=str(path))
+
+
+def write_yaml_atomic(data: Any, path: str | Path) -> None:
+    write_text_atomic(yaml.safe_dump(data, sort_keys=True), path)
+
+
+def _build(cls: type, data: Mapping[str, Any], source: str) -> Any:
+    """Instantiate a config dataclass strictly: unknown keys are an error, nested ones too."""
+    if not isinstance(data, Mapping):
+        raise HierpipeError(f"{source}: expected a mapping for {cls.__name__}, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise HierpipeError(
+            f"{source}: unknown key(s) {unknown} in {cls.__name__}; expected {sorted(fields)}"
+        )
+    values = {}
+    for name, value in data.items():
+        nested = _NESTED.get((cls.__name__, name))
+        if nested is not None:
+            value = _build(nested, value, f"{source}.{name}")
+        elif name == "retrieval_ks":
+            value = tuple(value)
+        values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise HierpipeError(f"{source}: {error}") from error
+
+
+_NESTED = {
+    ("RunConfig", "split"): SplitConfig,
+    ("RunConfig", "backbone"): BackboneConfig,
+    ("RunConfig", "train"): TrainConfig,
+    ("RunConfig", "evaluate"): EvaluateConfig,
+}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists and NumPy scalars to Python ones, so YAML/JSON/MLflow take it as is."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value

@@ -1,0 +1,224 @@
+"""``shapes``: an embedded synthetic dataset whose visual similarity follows a known tree.
+
+family (shape) -> genus (hue band inside the family's hue sector) -> species (size, texture,
+orientation). Siblings share shape and hue, cousins share the shape and a nearby hue, other
+families differ in both. Per-image jitter (position, size, rotation, hue, brightness) and pixel
+noise keep the task from being trivial. Every class draws from ``default_rng([seed, class_id])``,
+so the same options give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import itertools
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.tables import SAMPLES_FILE, write_classes, write_samples
+from hierpipe.errors import HierpipeError
+from hierpipe.hierarchy import ClassTree
+
+
+def _ring(count: int, radii: float | list[float] = 1.0, phase: float = 0.0) -> np.ndarray:
+    """Polygon vertices (x, y) around the origin, first vertex straight up (image y points down)."""
+    angles = phase + 2 * np.pi * np.arange(count) / count
+    r = np.resize(np.asarray(radii, dtype=float), count)
+    return np.stack([r * np.sin(angles), -r * np.cos(angles)], axis=1)
+
+
+def _cross(arm: float) -> np.ndarray:
+    """Plus sign: the outline of its top arm repeated at four quarter turns."""
+    top = np.array([(-arm, -1.0), (arm, -1.0), (arm, -arm)])
+    quarter_turn = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    return np.concatenate([top @ np.linalg.matrix_power(quarter_turn, k) for k in range(4)])
+
+
+# Unit-radius outlines, upright; the family order fixes the family ids.
+SHAPES: dict[str, np.ndarray] = {
+    "circle": _ring(48),
+    "square": _ring(4, phase=np.pi / 4),
+    "triangle": _ring(3),
+    "cross": _cross(0.35),
+    "star": _ring(10, [1.0, 0.45]),
+    "hexagon": _ring(6),
+}
+# Colour names every 30 degrees of hue, used to name genera.
+HUE_NAMES = (
+    "red", "orange", "yellow", "lime", "green", "jade",
+    "cyan", "azure", "blue", "violet", "magenta", "pink",
+)  # fmt: skip
+SIZES = {"small": 0.22, "large": 0.34}  # shape radius / image size
+TEXTURES = ("solid", "striped", "dotted")
+ORIENTATIONS = {"": 0.0, "tilted": np.pi / 4}  # upright species carry no orientation suffix
+
+
+@dataclass(frozen=True)
+class _Species:
+    size: str
+    texture: str
+    orientation: str
+
+    @property
+    def name(self) -> str:
+        return "_".join(part for part in (self.size, self.texture, self.orientation) if part)
+
+
+# Texture is varied first so that the default three species per genus differ in texture only.
+SPECIES = tuple(
+    _Species(size, texture, orientation)
+    for orientation, size, texture in itertools.product(ORIENTATIONS, SIZES, TEXTURES)
+)
+# Keeps genus hues >= 7.5 degrees apart even with 6 families, well above the hue jitter.
+MAX_GENERA = 4
+
+_SUPERSAMPLE = 4  # the shape mask is drawn larger and box-filtered down for smooth edges
+_POSITION_JITTER = 0.12  # fraction of the image size
+_SIZE_JITTER = 0.08
+_ROTATION_JITTER = np.deg2rad(5.0)
+_HUE_JITTER = 2.0  # degrees
+_BRIGHTNESS_JITTER = 0.08
+_PIXEL_NOISE = 0.04
+
+
+@dataclass(frozen=True)
+class _ShapeClass:
+    shape: str
+    hue: float  # degrees
+    genus: str
+    species: _Species
+
+    @property
+    def path(self) -> tuple[str, str, str]:
+        return (
+            self.shape,
+            f"{self.shape}-{self.genus}",
+            f"{self.shape}-{self.genus}-{self.species.name}",
+        )
+
+
+def _genus_names(hues: list[float]) -> list[str]:
+    names = [HUE_NAMES[round(h / 30) % len(HUE_NAMES)] for h in hues]
+    if len(set(names)) < len(names):
+        names = [f"{name}{round(h) % 360:03d}" for name, h in zip(names, hues, strict=True)]
+    return names
+
+
+def _classes(families: int, genera: int, species: int) -> list[_ShapeClass]:
+    sector = 360.0 / families
+    result = []
+    for family, shape in enumerate(list(SHAPES)[:families]):
+        # Genera fill the middle half of the family's sector: hues within a family are closer
+        # than hues across a sector boundary, so colour similarity follows the tree too.
+        hues = [sector * (family + 0.25 + 0.5 * (g + 0.5) / genera) for g in range(genera)]
+        for hue, genus in zip(hues, _genus_names(hues), strict=True):
+            result.extend(_ShapeClass(shape, hue, genus, spec) for spec in SPECIES[:species])
+    return result
+
+
+def _texture(u: np.ndarray, v: np.ndarray, texture: str) -> np.ndarray:
+    """Brightness factor of the pattern in shape coordinates (units of the shape radius)."""
+    if texture == "striped":
+        return np.where(np.floor(u / 0.25) % 2 == 0, 1.0, 0.5)
+    if texture == "dotted":
+        du = (u + 1.0) % 0.5 - 0.25
+        dv = (v + 1.0) % 0.5 - 0.25
+        return np.where(du**2 + dv**2 < 0.12**2, 0.45, 1.0)
+    return np.ones_like(u)
+
+
+def _draw(spec: _ShapeClass, size: int, rng: np.random.Generator) -> Image.Image:
+    radius = SIZES[spec.species.size] * size * (1 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER))
+    centre = size / 2 + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER, 2) * size
+    angle = ORIENTATIONS[spec.species.orientation] + rng.uniform(
+        -_ROTATION_JITTER, _ROTATION_JITTER
+    )
+    hue = (spec.hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 360
+    value = 0.85 * (1 + rng.uniform(-_BRIGHTNESS_JITTER, _BRIGHTNESS_JITTER))
+    background = 0.45 + rng.uniform(-0.05, 0.05)
+
+    cos, sin = np.cos(angle), np.sin(angle)
+    outline = SHAPES[spec.shape] @ np.array([[cos, sin], [-sin, cos]]) * radius + centre
+    big = Image.new("L", (size * _SUPERSAMPLE, size * _SUPERSAMPLE))
+    ImageDraw.Draw(big).polygon([tuple(p) for p in outline * _SUPERSAMPLE], fill=255)
+    mask = np.asarray(big.resize((size, size), Image.Resampling.BOX), dtype=float)[..., None] / 255
+
+    # Pixel centres in the shape's own frame, so texture and shading rotate with the shape.
+    y, x = (np.mgrid[0:size, 0:size] + 0.5 - centre[::-1, None, None]) / radius
+    u = cos * x + sin * y
+    v = -sin * x + cos * y
+    # Light from the shape's top: makes orientation visible even on a solid circle.
+    shading = 1.0 - 0.2 * np.clip(v, -1.0, 1.0)
+    colour = np.array(colorsys.hsv_to_rgb(hue / 360, 0.85, value))
+    shape = (_texture(u, v, spec.species.texture) * shading)[..., None] * colour
+
+    pixels = mask * shape + (1 - mask) * background
+    pixels += rng.normal(0.0, _PIXEL_NOISE, pixels.shape)
+    return Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8), "RGB")
+
+
+@register_dataset("shapes")
+class ShapesBuilder(DatasetBuilder):
+    """Synthetic shapes with a 3-level tree: shape / hue band / size-texture-orientation."""
+
+    @dataclass(frozen=True)
+    class Options:
+        image_size: int = 32
+        images_per_class: int = 40
+        families: int = 4
+        genera_per_family: int = 2
+        species_per_genus: int = 3
+        seed: int = 0
+
+        def __post_init__(self) -> None:
+            limits = {
+                "image_size": (16, None),
+                "images_per_class": (1, None),
+                "families": (1, len(SHAPES)),
+                "genera_per_family": (1, MAX_GENERA),
+                "species_per_genus": (1, len(SPECIES)),
+                "seed": (0, None),
+            }
+            for key, (low, high) in limits.items():
+                value = getattr(self, key)
+                if value < low or (high is not None and value > high):
+                    expected = f">= {low}" if high is None else f"in {low}..{high}"
+                    raise HierpipeError(f"dataset 'shapes': {key}={value}; expected {expected}")
+
+    def prepare(self, out_dir: Path, options: ShapesBuilder.Options, source: str | None) -> None:
+        """Draw the images into ``out_dir/images`` and write the tables."""
+        if source is not None:
+            raise HierpipeError(
+                f"dataset 'shapes' is generated and takes no source (got {source!r})"
+            )
+        out_dir = Path(out_dir)
+        # samples.parquet marks a complete dataset: remove it first so that an interrupted
+        # regeneration never leaves an old table pointing at new images.
+        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        classes = _classes(options.families, options.genera_per_family, options.species_per_genus)
+        tree = ClassTree.from_paths([c.path for c in classes])
+
+        staging = Path(tempfile.mkdtemp(prefix=".images-", dir=out_dir))
+        try:
+            rows = []
+            for class_id, (spec, name) in enumerate(zip(classes, tree.classes, strict=True)):
+                rng = np.random.default_rng([options.seed, class_id])
+                (staging / name).mkdir()
+                for index in range(options.images_per_class):
+                    relative = f"{name}/{index:04d}.png"
+                    _draw(spec, options.image_size, rng).save(staging / relative)
+                    rows.append((len(rows), f"images/{relative}", class_id))
+            shutil.rmtree(out_dir / "images", ignore_errors=True)
+            staging.rename(out_dir / "images")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+        write_classes(out_dir, tree)
+        write_samples(out_dir, pd.DataFrame(rows, columns=["sample_id", "path", "label"]))

@@ -1,0 +1,73 @@
+"""Atomic file writes: every output appears under its final name complete or not at all.
+
+A job killed mid-write leaves at most a hidden temporary file, never a truncated output
+that a rerun or a downstream rule would take for a finished one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hierpipe.errors import HierpipeError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; on success, fsync it and rename it to `path`.
+
+    A sibling keeps the rename on one file system (atomic). Not tempfile.mkstemp: its files
+    are mode 0600, and the rename would keep that mode on the output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_parquet_atomic(data: pd.DataFrame | pa.Table, path: str | Path) -> None:
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """N x D floats as a fixed-size list<float32> column (one vector per row)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, source: str) -> np.ndarray:
+    """The inverse of vectors_to_arrow, refusing ragged, null or non-finite rows."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_fixed_size_list(column.type):
+        raise HierpipeError(f"{source}: expected a fixed-size list column, got {column.type}")
+    if column.null_count:
+        raise HierpipeError(f"{source}: {column.null_count} null vector(s)")
+    width = column.type.list_size
+    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    vectors = vectors.reshape(len(column), width)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        first = int(bad.argmax())
+        raise HierpipeError(f"{source}: {int(bad.sum())} row(s) with NaN/Inf (first: row {first})")
+    return vectors

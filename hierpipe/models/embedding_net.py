@@ -1,0 +1,140 @@
+"""Backbone plus linear embedding head (proxydr.md section 3.1)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hierpipe.errors import HierpipeError
+
+ALLOW_DOWNLOAD_ENV = "HIERPIPE_ALLOW_DOWNLOAD"
+
+# How many offending state-dict keys an error message lists before summarising.
+_KEYS_SHOWN = 5
+
+
+def select_device() -> torch.device:
+    """The first CUDA device when one is available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    # bool is an int subclass, but True as a size is always a config mistake.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HierpipeError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _create_backbone(name: str, pretrained: bool, in_chans: int) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    except RuntimeError as err:
+        if "Unknown model" not in str(err):
+            raise
+        raise HierpipeError(
+            f"unknown backbone {name!r}; see timm.list_models() for the available names"
+        ) from err
+
+
+def _format_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_KEYS_SHOWN])
+    more = len(keys) - _KEYS_SHOWN
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, backbone_name: str) -> None:
+    """Load a local state-dict file into `backbone`, requiring an exact key and shape match."""
+    path = Path(path)
+    hint = (
+        f"expected the state dict of timm.create_model({backbone_name!r}, num_classes=0), "
+        "saved with torch.save"
+    )
+    if not path.is_file():
+        raise HierpipeError(f"backbone weights file {str(path)!r} does not exist; {hint}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise HierpipeError(
+            f"cannot read backbone weights file {str(path)!r} ({type(err).__name__}: {err}); {hint}"
+        ) from err
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise HierpipeError(
+            f"backbone weights file {str(path)!r} holds a {type(state).__name__}, "
+            f"not a flat mapping of names to tensors; {hint}"
+        )
+
+    expected = backbone.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_format_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_format_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_format_keys(mismatched)}")
+    if problems:
+        raise HierpipeError(
+            f"backbone weights file {str(path)!r} does not fit backbone {backbone_name!r}: "
+            f"{'; '.join(problems)}; {hint}"
+        )
+    backbone.load_state_dict(state, strict=True)
+
+
+class EmbeddingNet(nn.Module):
+    """A timm backbone without classifier, followed by a linear head to `embedding_dim`.
+
+    Weights are offline by default: `pretrained=True` loads the local state-dict file
+    `weights` into the backbone; without `weights` it downloads from the timm hub, which
+    is allowed only when the environment variable HIERPIPE_ALLOW_DOWNLOAD=1 is set.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        embedding_dim: int,
+        normalize: bool,
+        pretrained: bool = False,
+        weights: str | Path | None = None,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("embedding_dim", embedding_dim)
+        _check_positive_int("in_chans", in_chans)
+        if weights is not None and not pretrained:
+            # A weights file with pretrained=False is contradictory; refuse rather than guess
+            # which one the configuration meant.
+            raise HierpipeError(
+                f"weights={str(weights)!r} was given with pretrained=False; "
+                "set pretrained=True to load it, or drop weights for a random backbone"
+            )
+        download = pretrained and weights is None
+        if download and os.environ.get(ALLOW_DOWNLOAD_ENV) != "1":
+            raise HierpipeError(
+                f"pretrained=True for backbone {backbone!r} without a weights file would "
+                "download from the timm hub, and hierpipe is offline by default; pass "
+                "weights=<path to a local state-dict file of the backbone (num_classes=0)>, "
+                f"or set {ALLOW_DOWNLOAD_ENV}=1 to allow the download"
+            )
+
+        self.normalize = normalize
+        self.backbone = _create_backbone(backbone, download, in_chans)
+        if weights is not None:
+            load_backbone_weights(self.backbone, weights, backbone)
+        self.head = nn.Linear(self.backbone.num_features, embedding_dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Embeddings (N, embedding_dim) of images (N, in_chans, H, W)."""
+        embeddings = self.head(self.backbone(images))
+        return F.normalize(embeddings, dim=1) if self.normalize else embeddings

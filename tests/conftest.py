@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny params that run the whole pipeline in seconds."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_PARAMS = {
+    "experiment": "tiny",
+    "seeds": [1],
+    "datasets": {
+        "shapes": {
+            "prepare": {
+                "image_size": 16,
+                "images_per_class": 8,
+                "families": 2,
+                "genera_per_family": 2,
+                "species_per_genus": 2,
+                "seed": 0,
+            },
+            "split": {
+                "scheme": "by_image",
+                "fractions": {"train": 0.5, "val": 0.25, "test": 0.25},
+                "seed": 0,
+            },
+        }
+    },
+    "backbone": {"name": "test_resnet", "pretrained": False, "embedding_dim": 8},
+    "train": {"epochs": 2, "batch_size": 8, "lr": 1.0e-3},
+    "models": {
+        "softmax": {"loss": "softmax"},
+        "normface": {"loss": "normface", "hyperparameters": {"scale": 10.0}},
+        "proxydr": {"loss": "proxydr", "hyperparameters": {"scale": 10.0}},
+        "random": {"loss": None},
+    },
+    "runs": ["softmax", "normface", "proxydr", "random"],
+    "evaluate": {"retrieval_ks": [1, 2]},
+}
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    return copy.deepcopy(TINY_PARAMS)
+
+
+def validated(params: dict) -> dict:
+    """Params as Snakemake sees them: validated against the schema, defaults filled in."""
+    from snakemake.utils import validate
+
+    params = copy.deepcopy(params)
+    validate(params, str(REPO / "workflow/schemas/params.schema.yaml"))
+    return params
+
+
+def write_yaml(data: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path

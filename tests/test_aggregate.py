@@ -1,0 +1,72 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hierpipe.aggregate import aggregate, collect_runs, summarize
+from hierpipe.errors import HierpipeError
+
+
+def _write_metrics(path, model, seed, metrics):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "run": f"{model}-s{seed}",
+        "dataset": "toy",
+        "model": model,
+        "seed": seed,
+        "subset": "test",
+        "metrics": metrics,
+    }
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.fixture
+def metrics_files(tmp_path):
+    values = {("proxydr", 1): 0.5, ("proxydr", 2): 0.7, ("proxydr", 3): 0.9, ("normface", 1): 0.4}
+    return [
+        _write_metrics(
+            tmp_path / f"{m}-s{s}" / "metrics.json",
+            m,
+            s,
+            {"retrieval/recall@1": v, "hierarchy/proxy/classwise_spearman": None},
+        )
+        for (m, s), v in values.items()
+    ]
+
+
+def test_mean_and_sample_sd_over_seeds(metrics_files):
+    summary = summarize(collect_runs(metrics_files)).set_index("model")
+    assert summary.loc["proxydr", "n_seeds"] == 3
+    assert summary.loc["proxydr", "retrieval/recall@1/mean"] == pytest.approx(0.7)
+    # sample sd of (0.5, 0.7, 0.9) = sqrt(((-0.2)^2 + 0 + 0.2^2) / 2) = 0.2
+    assert summary.loc["proxydr", "retrieval/recall@1/sd"] == pytest.approx(0.2)
+    assert math.isnan(summary.loc["normface", "retrieval/recall@1/sd"])
+    assert math.isnan(summary.loc["proxydr", "hierarchy/proxy/classwise_spearman/mean"])
+
+
+def test_aggregate_writes_tables_that_agree(metrics_files, tmp_path):
+    out = tmp_path / "out"
+    summary = aggregate(metrics_files, out)
+    parquet = pd.read_parquet(out / "summary.parquet")
+    csv = pd.read_csv(out / "summary.csv")
+    pd.testing.assert_frame_equal(parquet, summary)
+    np.testing.assert_allclose(csv["retrieval/recall@1/mean"], summary["retrieval/recall@1/mean"])
+    markdown = (out / "summary.md").read_text()
+    assert "| proxydr | 3 | 0.7000 ± 0.2000 | n/a |" in markdown
+    assert "| normface | 1 | 0.4000 | n/a |" in markdown
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_duplicate_run_is_refused(metrics_files):
+    with pytest.raises(HierpipeError, match="given twice"):
+        collect_runs([metrics_files[0], metrics_files[0]])
+
+
+def test_corrupt_metrics_file_is_named(tmp_path):
+    bad = tmp_path / "metrics.json"
+    bad.write_text("{not json")
+    with pytest.raises(HierpipeError, match=r"metrics\.json: not valid JSON"):
+        collect_runs([bad])

@@ -1,0 +1,63 @@
+import pytest
+from conftest import validated
+
+from hierpipe.config import (
+    RunConfig,
+    check_params,
+    read_run_config,
+    resolve_run_config,
+    write_run_config,
+)
+from hierpipe.errors import HierpipeError
+
+
+def test_resolved_config_round_trips_through_yaml(tiny_params, tmp_path):
+    config = resolve_run_config(validated(tiny_params), "shapes", "proxydr", 1)
+    assert config.run_id == "proxydr-s1"
+    assert config.hyperparameters == {"scale": 10.0}
+    assert config.train.epochs == 2 and config.train.weight_decay == 0.0  # schema default
+    assert str(config.split_path) == "data/shapes/splits/by_image-seed0.parquet"
+    write_run_config(config, tmp_path / "config.yaml")
+    assert read_run_config(tmp_path / "config.yaml") == config
+
+
+def test_untrained_baseline_has_no_loss(tiny_params):
+    config = resolve_run_config(validated(tiny_params), "shapes", "random", 1)
+    assert not config.trained
+
+
+def test_unknown_key_in_run_config_is_named(tiny_params):
+    data = resolve_run_config(validated(tiny_params), "shapes", "softmax", 1).to_dict()
+    data["train"]["learning_rate"] = 0.1
+    with pytest.raises(HierpipeError, match=r"unknown key\(s\) \['learning_rate'\]"):
+        RunConfig.from_dict(data)
+
+
+def test_valid_params_pass(tiny_params):
+    check_params(validated(tiny_params))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["models"]["softmax"].update(loss="arcface"),
+            r"models\.softmax\.loss is 'arcface'",
+        ),
+        (lambda p: p["runs"].append("hier"), r"runs lists model 'hier'"),
+        (lambda p: p["datasets"].update(imagenet21k={}), r"unknown dataset 'imagenet21k'"),
+        (lambda p: p["backbone"].update(name="resnet9000"), r"'resnet9000' is not a timm model"),
+        (
+            lambda p: p["models"]["proxydr"]["hyperparameters"].update(margin=0.1),
+            r"models\.proxydr: unknown hyperparameter\(s\) 'margin'",
+        ),
+        (
+            lambda p: p["datasets"]["shapes"]["split"]["fractions"].update(test=0.5),
+            r"fractions sum to 1\.25",
+        ),
+    ],
+)
+def test_params_naming_things_that_do_not_exist_are_refused(tiny_params, edit, message):
+    edit(tiny_params)
+    with pytest.raises(HierpipeError, match=message):
+        check_params(validated(tiny_params))

@@ -1,0 +1,177 @@
+"""The embedded ``shapes`` dataset and the dataset registry."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hierpipe.data import get_dataset, prepare_dataset, read_dataset
+from hierpipe.data.registry import DatasetBuilder, parse_options, register_dataset
+from hierpipe.data.shapes import ShapesBuilder
+from hierpipe.errors import HierpipeError
+
+SMALL = {"image_size": 16, "images_per_class": 3, "families": 2, "genera_per_family": 2}
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def default_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    prepare_dataset("shapes", root)
+    return root
+
+
+def test_same_seed_gives_identical_files(default_root: Path, tmp_path: Path) -> None:
+    prepare_dataset("shapes", tmp_path)
+    hashes = _hashes(tmp_path)
+    assert len(hashes) == 24 * 40 + 2
+    assert hashes == _hashes(default_root)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_different_seeds_differ(tmp_path: Path) -> None:
+    prepare_dataset("shapes", tmp_path / "a", SMALL)
+    prepare_dataset("shapes", tmp_path / "b", {**SMALL, "seed": 1})
+    a, b = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
+    assert a.keys() == b.keys()
+    images = [name for name in a if name.endswith(".png")]
+    assert all(a[name] != b[name] for name in images)
+    assert a["classes.parquet"] == b["classes.parquet"]
+
+
+def test_default_tree_and_samples(default_root: Path) -> None:
+    samples, tree = read_dataset(default_root)
+    assert tree.num_classes == 24
+    assert tree.max_depth == 3
+    assert (tree.depths == 3).all()
+    assert tree.num_nodes_per_level() == [4, 8, 24]
+    assert tree.level_names(0) == ["circle", "square", "triangle", "cross"]
+    assert tree.paths[0] == ("circle", "circle-orange", "circle-orange-small_solid")
+    assert tree.classes[1:3] == ("circle-orange-small_striped", "circle-orange-small_dotted")
+    assert len(set(tree.classes)) == 24
+    assert np.bincount(samples["label"], minlength=24).tolist() == [40] * 24
+    assert samples["sample_id"].tolist() == list(range(24 * 40))
+    assert samples["path"].iloc[41] == "images/circle-orange-small_striped/0001.png"
+
+
+def test_images_are_rgb_of_the_requested_size(tmp_path: Path) -> None:
+    prepare_dataset("shapes", tmp_path, {**SMALL, "image_size": 20})
+    samples, _ = read_dataset(tmp_path)
+    for path in samples["path"]:
+        with Image.open(tmp_path / path) as image:
+            assert (image.mode, image.size) == ("RGB", (20, 20))
+
+
+def test_regenerating_replaces_the_images(tmp_path: Path) -> None:
+    prepare_dataset("shapes", tmp_path, SMALL)
+    prepare_dataset("shapes", tmp_path, {**SMALL, "images_per_class": 2})
+    samples, _ = read_dataset(tmp_path)
+    on_disk = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "images").rglob("*.png"))
+    assert on_disk == sorted(samples["path"])
+    assert len(on_disk) == 2 * 2 * 2 * 3
+
+
+def test_visual_similarity_follows_the_tree(default_root: Path) -> None:
+    samples, tree = read_dataset(default_root)
+    images = np.stack(
+        [np.asarray(Image.open(default_root / p), dtype=float) for p in samples["path"]]
+    )
+    labels = samples["label"].to_numpy()
+    means = np.stack([images[labels == c].mean(axis=0).ravel() for c in range(tree.num_classes)])
+    pixel_distance = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    tree_distance = tree.distance_matrix()
+    siblings, cousins, strangers = (pixel_distance[tree_distance == d].mean() for d in (2, 4, 6))
+    assert siblings < cousins < strangers
+
+
+def test_option_parsing_and_validation() -> None:
+    builder = get_dataset("shapes")
+    options = parse_options(builder, {"image_size": "64", "seed": 7})
+    assert options == ShapesBuilder.Options(image_size=64, seed=7)
+    with pytest.raises(HierpipeError, match=r"unknown option.*colour, size; accepted: image_size"):
+        parse_options(builder, {"size": 3, "colour": "red"})
+    for value in ("big", 2.5, True):
+        with pytest.raises(HierpipeError, match=r"image_size=.* is not a valid int"):
+            parse_options(builder, {"image_size": value})
+    for key, value in [
+        ("image_size", 8),
+        ("images_per_class", 0),
+        ("families", 7),
+        ("genera_per_family", 5),
+        ("species_per_genus", 13),
+        ("seed", -1),
+    ]:
+        with pytest.raises(HierpipeError, match=f"{key}={value}; expected"):
+            parse_options(builder, {key: value})
+
+
+class _Typed(DatasetBuilder):
+    """Unregistered builder with one option of every supported type."""
+
+    @dataclass(frozen=True)
+    class Options:
+        flag: bool = False
+        rate: float = 0.5
+        label: str = "x"
+
+    def prepare(self, out_dir: Path, options: object, source: str | None) -> None:
+        raise AssertionError("never called")
+
+
+def test_option_types() -> None:
+    options = parse_options(_Typed, {"flag": "yes", "rate": "1e-3", "label": "7"})
+    assert options == _Typed.Options(flag=True, rate=1e-3, label="7")
+    assert parse_options(_Typed, {"flag": False, "rate": 2}).rate == 2.0
+    for key, value in [
+        ("flag", "maybe"),
+        ("flag", 1),
+        ("rate", True),
+        ("rate", "fast"),
+        ("label", 3),
+    ]:
+        with pytest.raises(HierpipeError, match=f"option {key}="):
+            parse_options(_Typed, {key: value})
+
+
+def test_shapes_takes_no_source(tmp_path: Path) -> None:
+    with pytest.raises(HierpipeError, match="takes no source"):
+        prepare_dataset("shapes", tmp_path, SMALL, source="http://example.org/shapes.zip")
+
+
+def test_registry_errors() -> None:
+    with pytest.raises(HierpipeError, match=r"unknown dataset 'nope'; known: .*shapes"):
+        get_dataset("nope")
+
+    class Unfrozen(_Typed):
+        @dataclass
+        class Options:
+            size: int = 1
+
+    with pytest.raises(HierpipeError, match="registered twice"):
+        register_dataset("shapes")(Unfrozen)
+    with pytest.raises(HierpipeError, match="Options must be a frozen dataclass"):
+        register_dataset("test-unfrozen")(Unfrozen)
+    with pytest.raises(HierpipeError, match="unknown dataset 'test-unfrozen'"):
+        get_dataset("test-unfrozen")
+
+
+def test_many_species_and_genera(tmp_path: Path) -> None:
+    options = {"image_size": 16, "images_per_class": 1, "families": 6}
+    prepare_dataset(
+        "shapes", tmp_path, {**options, "genera_per_family": 4, "species_per_genus": 12}
+    )
+    _, tree = read_dataset(tmp_path)
+    assert tree.num_nodes_per_level() == [6, 24, 288]
+    assert "circle-orange019-large_dotted_tilted" in tree.classes

@@ -1,0 +1,193 @@
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning.distances import CosineSimilarity
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from pytorch_metric_learning.utils.inference import CustomKNN
+
+from hierpipe.errors import HierpipeError
+from hierpipe.metrics import retrieval_metrics
+
+A, B, C = 0, 1, 2
+
+
+def _line(*positions: float) -> np.ndarray:
+    return np.array(positions, dtype=np.float64)[:, None]
+
+
+def _assert_fractions(got: dict[str, float], expected: dict[str, Fraction]) -> None:
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(float(value), abs=1e-12), key
+
+
+def test_hand_case_on_a_line_same_source():
+    # Neighbour orders by hand (self excluded; C at 12 is alone, so it is left out):
+    #   0 (A): 1A 3B 4.5A 10B 12C   R=2  hit@1  R-prec 1/2  MAP@R 1/2
+    #   1 (A): 0A 3B 4.5A 10B 12C   R=2  hit@1  R-prec 1/2  MAP@R 1/2
+    #   3 (B): 4.5A 1A 0A 10B 12C   R=1  first hit at 4        0
+    #   4.5 (A): 3B 1A 10B 0A 12C   R=2  first hit at 2  R-prec 1/2  MAP@R (1/2)(1/2)
+    #   10 (B): 12C 4.5A 3B 1A 0A   R=1  first hit at 3        0
+    x = _line(0, 1, 3, 4.5, 10, 12)
+    labels = np.array([A, A, B, A, B, C])
+    got = retrieval_metrics(x, labels, ks=(1, 2, 4), distance="euclidean")
+    _assert_fractions(
+        got,
+        {
+            "recall@1": Fraction(2, 5),
+            "recall@2": Fraction(3, 5),
+            "recall@4": Fraction(1),
+            "precision@1": Fraction(2, 5),
+            "r_precision": Fraction(3, 10),
+            "map@r": Fraction(1, 4),
+        },
+    )
+    assert set(got) == {"recall@1", "recall@2", "recall@4", "precision@1", "r_precision", "map@r"}
+
+
+def test_hand_case_on_a_line_separate_reference():
+    #   query 0 (A): ref 1B 2A 3A 11C   R=2  first hit at 2  R-prec 1/2  MAP@R 1/4
+    #   query 10 (B): ref 11C 3A 2A 1B  R=1  first hit at 4  R-prec 0    MAP@R 0
+    got = retrieval_metrics(
+        _line(0, 10),
+        np.array([A, B]),
+        _line(1, 2, 3, 11),
+        np.array([B, A, A, C]),
+        ks=(1, 2, 4),
+        distance="euclidean",
+    )
+    _assert_fractions(
+        got,
+        {
+            "recall@1": Fraction(0),
+            "recall@2": Fraction(1, 2),
+            "recall@4": Fraction(1),
+            "precision@1": Fraction(0),
+            "r_precision": Fraction(1, 4),
+            "map@r": Fraction(1, 8),
+        },
+    )
+
+
+def test_self_is_excluded_by_index_so_duplicates_count():
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    got = retrieval_metrics(x, np.array([A, A, B, B]), ks=(1,))
+    assert got == {"recall@1": 1.0, "precision@1": 1.0, "r_precision": 1.0, "map@r": 1.0}
+
+
+def test_k_beyond_the_reference_set_is_clamped():
+    got = retrieval_metrics(_line(0, 1, 5), np.array([A, B, A]), ks=(1, 100), distance="euclidean")
+    assert got["recall@100"] == 1.0
+    assert got["recall@1"] == 0.0
+
+
+def test_all_lone_queries_give_nan():
+    got = retrieval_metrics(_line(0, 1, 2), np.array([A, B, C]), ks=(1,), distance="euclidean")
+    assert all(math.isnan(v) for v in got.values())
+    single = retrieval_metrics(_line(0), np.array([A]), ks=(1,))
+    assert all(math.isnan(v) for v in single.values())
+
+
+def _pml(query, query_labels, reference=None, reference_labels=None) -> dict[str, float]:
+    calc = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+        k="max_bin_count",
+        knn_func=CustomKNN(CosineSimilarity()),
+        device=torch.device("cpu"),
+    )
+    out = calc.get_accuracy(query, query_labels, reference, reference_labels)
+    return {
+        "precision@1": out["precision_at_1"],
+        "r_precision": out["r_precision"],
+        "map@r": out["mean_average_precision_at_r"],
+    }
+
+
+def _brute_force_recall(query, query_labels, reference, reference_labels, ks, same_source):
+    qn = query / np.linalg.norm(query, axis=1, keepdims=True)
+    rn = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    dist = 1.0 - qn @ rn.T
+    if same_source:
+        np.fill_diagonal(dist, np.inf)
+    order = np.argsort(dist, axis=1)
+    same = reference_labels[order] == query_labels[:, None]
+    if same_source:
+        same = same[:, :-1]  # the last column is the query itself
+    scored = same.any(axis=1)  # queries with at least one relevant reference
+    return {f"recall@{k}": same[scored, :k].any(axis=1).mean() for k in ks}
+
+
+@pytest.fixture
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 12, size=300)
+    labels[0] = 12  # a class with a single member: a lone query
+    centres = rng.normal(size=(13, 16))
+    x = centres[labels] + 1.0 * rng.normal(size=(300, 16))
+    return x.astype(np.float32), labels
+
+
+def test_same_source_matches_pml_and_brute_force(data):
+    x, labels = data
+    ks = (1, 2, 4, 8, 16)
+    got = retrieval_metrics(x, labels, ks=ks)
+    expected = _pml(x, labels) | _brute_force_recall(x, labels, x, labels, ks, True)
+    assert got == pytest.approx(expected, abs=1e-9)
+    # Guard against a trivial comparison: the values are far from 0 and 1.
+    assert 0.2 < got["map@r"] < 0.8
+    assert got["recall@1"] == pytest.approx(got["precision@1"])
+
+
+def test_separate_reference_matches_pml_and_brute_force(data):
+    x, labels = data
+    query, query_labels = x[:100], labels[:100]  # includes the class-12 item, absent below
+    reference, reference_labels = x[100:], labels[100:]
+    ks = (1, 4, 32)
+    got = retrieval_metrics(query, query_labels, reference, reference_labels, ks=ks)
+    expected = _pml(query, query_labels, reference, reference_labels)
+    expected |= _brute_force_recall(query, query_labels, reference, reference_labels, ks, False)
+    assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_chunking_does_not_change_the_result(data):
+    x, labels = data
+    whole = retrieval_metrics(x, labels, chunk_size=10_000)
+    assert retrieval_metrics(x, labels, chunk_size=7) == pytest.approx(whole, abs=1e-12)
+    whole_ref = retrieval_metrics(x[:50], labels[:50], x[50:], labels[50:], chunk_size=10_000)
+    chunked_ref = retrieval_metrics(x[:50], labels[:50], x[50:], labels[50:], chunk_size=3)
+    assert chunked_ref == pytest.approx(whole_ref, abs=1e-12)
+
+
+def test_numpy_and_torch_inputs_agree(data):
+    x, labels = data
+    assert retrieval_metrics(torch.from_numpy(x), torch.from_numpy(labels)) == pytest.approx(
+        retrieval_metrics(x, labels), abs=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"query": np.zeros((0, 3))}, "query: expected a non-empty"),
+        ({"query": np.zeros(4)}, "query: expected a non-empty"),
+        ({"query_labels": np.zeros(3, dtype=int)}, r"query_labels: expected shape \(4,\)"),
+        ({"query_labels": np.zeros(4)}, "query_labels: expected integer"),
+        ({"query": np.array([[0.0, 1.0]] * 3 + [[np.nan, 1.0]])}, "query: expected finite"),
+        ({"query": np.array([[0.0, 1.0]] * 3 + [[np.inf, 1.0]])}, "query: expected finite"),
+        ({"ks": (1, 0)}, "ks: expected integers >= 1, got 0"),
+        ({"ks": ()}, "ks: expected at least one k"),
+        ({"distance": "manhattan"}, "distance: unknown 'manhattan'"),
+        ({"chunk_size": 0}, "chunk_size: expected an integer >= 1"),
+        ({"reference": np.ones((2, 2))}, "reference_labels: expected labels"),
+        ({"reference_labels": np.zeros(2, dtype=int)}, "reference_labels: expected None"),
+        ({"reference": np.ones((2, 3)), "reference_labels": np.zeros(2, dtype=int)}, "dimension"),
+        ({"reference": np.ones((2, 2)), "reference_labels": np.zeros(3, dtype=int)}, r"\(2,\)"),
+        ({"query": [[0.0, 1.0]] * 4}, "query: expected a NumPy array or torch tensor, got list"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    args = {"query": np.eye(4, 2), "query_labels": np.array([A, A, B, B])} | kwargs
+    with pytest.raises(HierpipeError, match=match):
+        retrieval_metrics(**args)

@@ -1,0 +1,153 @@
+"""EmbeddingNet on timm's tiny `test_resnet`, and its offline weight handling."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from hierpipe.errors import HierpipeError
+from hierpipe.models import EmbeddingNet, select_device
+from hierpipe.models.embedding_net import ALLOW_DOWNLOAD_ENV
+
+BACKBONE = "test_resnet"
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def backbone_weights(tmp_path: Path) -> Path:
+    path = tmp_path / "backbone.pt"
+    torch.save(timm.create_model(BACKBONE, num_classes=0).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_output_shape_and_norm(images: torch.Tensor, normalize: bool) -> None:
+    embeddings = EmbeddingNet(BACKBONE, embedding_dim=16, normalize=normalize)(images)
+    assert embeddings.shape == (2, 16)
+    norms = embeddings.norm(dim=1)
+    if normalize:
+        torch.testing.assert_close(norms, torch.ones(2))
+    else:
+        assert not torch.allclose(norms, torch.ones(2))
+
+
+def test_single_channel_input() -> None:
+    net = EmbeddingNet(BACKBONE, embedding_dim=4, normalize=True, in_chans=1)
+    assert net(torch.rand(2, 1, 32, 32)).shape == (2, 4)
+
+
+def test_local_weights_round_trip(images: torch.Tensor, tmp_path: Path) -> None:
+    source = EmbeddingNet(BACKBONE, embedding_dim=8, normalize=True).eval()
+    path = tmp_path / "backbone.pt"
+    torch.save(source.backbone.state_dict(), path)
+
+    loaded = EmbeddingNet(BACKBONE, embedding_dim=8, normalize=True, pretrained=True, weights=path)
+    loaded.head.load_state_dict(source.head.state_dict())
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), source(images), rtol=0, atol=0)
+
+
+def test_weights_with_wrong_shape_name_the_file_and_key(
+    backbone_weights: Path, tmp_path: Path
+) -> None:
+    state = torch.load(backbone_weights, weights_only=True)
+    key = next(iter(state))
+    state[key] = torch.zeros(1, *state[key].shape)
+    path = tmp_path / "wrong_shape.pt"
+    torch.save(state, path)
+    with pytest.raises(HierpipeError) as info:
+        EmbeddingNet(BACKBONE, 8, normalize=True, pretrained=True, weights=path)
+    assert str(path) in str(info.value)
+    assert f"shape mismatch(es): {key}" in str(info.value)
+
+
+def test_weights_with_missing_and_unexpected_keys(backbone_weights: Path, tmp_path: Path) -> None:
+    state = torch.load(backbone_weights, weights_only=True)
+    missing_key = next(iter(state))
+    del state[missing_key]
+    state["fc.weight"] = torch.zeros(10, 96)
+    path = tmp_path / "with_head.pt"
+    torch.save(state, path)
+    with pytest.raises(
+        HierpipeError, match=rf"1 missing key.*{re.escape(missing_key)}.*unexpected.*fc\.weight"
+    ):
+        EmbeddingNet(BACKBONE, 8, normalize=True, pretrained=True, weights=path)
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.pt"
+    with pytest.raises(HierpipeError, match=rf"{re.escape(str(path))}.*does not exist"):
+        EmbeddingNet(BACKBONE, 8, normalize=True, pretrained=True, weights=path)
+
+
+def test_unreadable_weights_file(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(
+        HierpipeError, match=rf"cannot read backbone weights file.*{re.escape(path.name)}"
+    ):
+        EmbeddingNet(BACKBONE, 8, normalize=True, pretrained=True, weights=path)
+
+
+def test_weights_file_that_is_not_a_state_dict(tmp_path: Path) -> None:
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(HierpipeError, match="holds a list, not a flat mapping"):
+        EmbeddingNet(BACKBONE, 8, normalize=True, pretrained=True, weights=path)
+
+
+def test_weights_without_pretrained_is_refused(backbone_weights: Path) -> None:
+    with pytest.raises(HierpipeError, match="pretrained=False"):
+        EmbeddingNet(BACKBONE, 8, normalize=True, weights=backbone_weights)
+
+
+def test_unknown_backbone() -> None:
+    with pytest.raises(HierpipeError, match=r"unknown backbone 'no_such_net'.*timm.list_models"):
+        EmbeddingNet("no_such_net", 8, normalize=True)
+
+
+def test_pretrained_without_permission_fails_before_any_download(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ALLOW_DOWNLOAD_ENV, raising=False)
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("timm.create_model must not be reached")
+
+    monkeypatch.setattr(timm, "create_model", no_model)
+    with pytest.raises(HierpipeError, match=f"weights=.*{ALLOW_DOWNLOAD_ENV}=1"):
+        EmbeddingNet(BACKBONE, 8, normalize=True, pretrained=True)
+
+
+def test_pretrained_with_permission_asks_timm_to_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ALLOW_DOWNLOAD_ENV, "1")
+    calls = []
+    create_model = timm.create_model
+
+    def offline_create_model(name: str, pretrained: bool, **kwargs: object) -> torch.nn.Module:
+        calls.append(pretrained)
+        return create_model(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline_create_model)
+    EmbeddingNet(BACKBONE, 8, normalize=True, pretrained=True)
+    assert calls == [True]
+
+
+@pytest.mark.parametrize(("embedding_dim", "in_chans"), [(0, 3), (8, 0)])
+def test_constructor_arguments_are_validated(embedding_dim: int, in_chans: int) -> None:
+    with pytest.raises(HierpipeError, match="must be an integer >= 1"):
+        EmbeddingNet(BACKBONE, embedding_dim, normalize=True, in_chans=in_chans)
+
+
+def test_select_device() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device().type == expected

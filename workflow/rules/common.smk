@@ -1,0 +1,51 @@
+# Helpers shared by the rules: the run grid and each run's resolved config.
+from hierpipe.config import RUN_ID_PATTERN, check_params, resolve_run_config, run_id
+
+# Beyond the schema: dataset, loss and backbone names must exist, before any job starts.
+check_params(config)
+
+RESULTS = f"results/{config['experiment']}"
+RUN_DIR = RESULTS + "/{dataset}/{run}"
+LOGS = f"logs/{config['experiment']}"
+BENCHMARKS = f"logs/benchmarks/{config['experiment']}"
+RUNS = {
+    run_id(model, seed): (model, seed) for model in config["runs"] for seed in config["seeds"]
+}
+
+
+wildcard_constraints:
+    dataset=r"[a-z0-9_]+",
+    run=RUN_ID_PATTERN,
+
+
+def run_config(wildcards):
+    """The resolved config of a run, as a plain dict (Snakemake reruns a job when it changes)."""
+    model, seed = RUNS[wildcards.run]
+    return resolve_run_config(config, wildcards.dataset, model, seed).to_dict()
+
+
+def split_file(wildcards):
+    return str(resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run]).split_path)
+
+
+def prepare_options(wildcards):
+    options = config["datasets"][wildcards.dataset].get("prepare", {})
+    return " ".join(f"--option {key}={value}" for key, value in options.items())
+
+
+def prepare_source(wildcards):
+    source = config["datasets"][wildcards.dataset].get("source")
+    return f"--source '{source}'" if source else ""
+
+
+def split_fractions(wildcards):
+    fractions = config["datasets"][wildcards.dataset]["split"]["fractions"]
+    return ",".join(f"{subset}={fraction}" for subset, fraction in fractions.items())
+
+
+def all_metrics():
+    return [
+        f"{RESULTS}/{dataset}/{run}/metrics.json"
+        for dataset in config["datasets"]
+        for run in RUNS
+    ]

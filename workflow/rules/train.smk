@@ -1,0 +1,44 @@
+# Training: one job per (dataset, run); the run's resolved config is its own file, so a
+# change of params reruns exactly the runs it touches.
+
+
+rule run_config:
+    output:
+        f"{RUN_DIR}/config.yaml",
+    params:
+        config=run_config,
+    log:
+        f"{LOGS}/{{dataset}}/{{run}}/config.log",
+    benchmark:
+        f"{BENCHMARKS}/{{dataset}}/{{run}}/config.tsv"
+    run:
+        from hierpipe.config import RunConfig, write_run_config
+
+        write_run_config(RunConfig.from_dict(params.config), output[0])
+
+
+rule train:
+    input:
+        config=f"{RUN_DIR}/config.yaml",
+        samples="data/{dataset}/samples.parquet",
+        classes="data/{dataset}/classes.parquet",
+        split=split_file,
+    output:
+        model=f"{RUN_DIR}/model.pt",
+        log=f"{RUN_DIR}/train_log.parquet",
+    params:
+        # resumable state lives outside the declared outputs, which Snakemake deletes on failure
+        checkpoint_dir=f"{RUN_DIR}/checkpoint",
+    log:
+        f"{LOGS}/{{dataset}}/{{run}}/train.log",
+    benchmark:
+        f"{BENCHMARKS}/{{dataset}}/{{run}}/train.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    container:
+        config["container"]
+    shell:
+        "hierpipe train --config {input.config} --model-out {output.model}"
+        " --log-out {output.log} --checkpoint-dir {params.checkpoint_dir}"
+        " --threads {threads} > {log} 2>&1"
