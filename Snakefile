@@ -12,7 +12,6 @@ if not workflow.config_settings.configfiles:
     configfile: "params/default.yaml"
 
 
-
 validate(config, "workflow/schemas/params.schema.yaml")
 
 
@@ -23,7 +22,10 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Per-run metrics are targets too, so a deleted metrics.json is recomputed on the next run
+# (Snakemake does not regenerate a missing intermediate file whose consumers are up to date).
 rule all:
     input:
+        all_metrics(),
         f"{RESULTS}/summary.md",
     default_target: True

@@ -12,6 +12,7 @@ from hierpipe.evaluate import read_metrics
 from hierpipe.io import write_parquet_atomic, write_text_atomic
 
 KEYS = ["dataset", "model"]
+RUN_COLUMNS = [*KEYS, "seed", "run", "trained"]
 
 # The measures the summary's first table shows, with their column titles.
 HEADLINE = {
@@ -39,6 +40,7 @@ def collect_runs(metrics_paths: Sequence[str | Path]) -> pd.DataFrame:
                 "model": document["model"],
                 "seed": document["seed"],
                 "run": document["run"],
+                "trained": document["trained"],
                 **{k: (float("nan") if v is None else v) for k, v in document["metrics"].items()},
             }
         )
@@ -53,11 +55,12 @@ def collect_runs(metrics_paths: Sequence[str | Path]) -> pd.DataFrame:
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample sd (NaN for a single seed) of every measure, per (dataset, model)."""
-    measures = [c for c in runs.columns if c not in (*KEYS, "seed", "run")]
+    measures = [c for c in runs.columns if c not in RUN_COLUMNS]
     grouped = runs.groupby(KEYS, sort=False)[measures]
     summary = grouped.mean().add_suffix("/mean").join(grouped.std(ddof=1).add_suffix("/sd"))
     summary.insert(0, "n_seeds", runs.groupby(KEYS, sort=False)["seed"].nunique())
-    ordered = ["n_seeds"] + [f"{m}/{stat}" for m in measures for stat in ("mean", "sd")]
+    summary.insert(1, "trained", runs.groupby(KEYS, sort=False)["trained"].all())
+    ordered = ["n_seeds", "trained"] + [f"{m}/{stat}" for m in measures for stat in ("mean", "sd")]
     return summary[ordered].reset_index()
 
 
@@ -83,6 +86,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
                 for _, row in table.iterrows()
             ],
         )
+        lines += _baseline_comparison(table)
         measures = [c.removesuffix("/mean") for c in table.columns if c.endswith("/mean")]
         lines += ["", "<details><summary>All measures</summary>", ""]
         lines += _markdown_table(
@@ -91,6 +95,41 @@ def to_markdown(summary: pd.DataFrame) -> str:
         )
         lines += ["", "</details>", ""]
     return "\n".join(lines) + "\n"
+
+
+# Measures on which a trained model should beat the untrained random-weights backbone; the
+# baseline has no classifier, so its hierarchy is judged by its class prototypes.
+BASELINE_MEASURES = {
+    "retrieval/recall@1": "R@1",
+    "hierarchy/prototype/classwise_spearman": "classwise rho (prototype)",
+}
+
+
+def _baseline_comparison(table: pd.DataFrame) -> list[str]:
+    """Each trained model minus the untrained baseline (ProxyDR's random-weights question)."""
+    baselines = table[~table["trained"]]
+    if baselines.empty:
+        return []
+    baseline = baselines.iloc[0]
+    measures = [m for m in BASELINE_MEASURES if f"{m}/mean" in table.columns]
+    lines = [
+        "",
+        f"Trained models against the untrained baseline `{baseline['model']}` "
+        "(difference of means; positive = better than random weights):",
+        "",
+    ]
+    rows = []
+    for _, row in table[table["trained"]].iterrows():
+        deltas = [row[f"{m}/mean"] - baseline[f"{m}/mean"] for m in measures]
+        rows.append(
+            [
+                row["model"],
+                *(f"{d:+.4f}" for d in deltas),
+                "yes" if all(d > 0 for d in deltas) else "no",
+            ]
+        )
+    header = ["model", *(f"Δ {BASELINE_MEASURES[m]}" for m in measures), "beats baseline on all"]
+    return lines + _markdown_table(header, rows)
 
 
 def _cell(row: pd.Series, measure: str) -> str:

@@ -72,6 +72,7 @@ def evaluate_run(
         "dataset": config.dataset,
         "model": config.model,
         "seed": config.seed,
+        "trained": config.trained,
         "subset": config.evaluate.subset,
         "metrics": {k: _finite_or_none(v) for k, v in sorted(metrics.items())},
     }
@@ -156,7 +157,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise HierpipeError(f"{path}: not valid JSON ({error})") from error
-    for key in ("run", "dataset", "model", "seed", "metrics"):
+    for key in ("run", "dataset", "model", "seed", "trained", "metrics"):
         if key not in document:
             raise HierpipeError(f"{path}: missing key {key!r}")
     return document

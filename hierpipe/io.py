@@ -64,7 +64,8 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, source: str) -> np.ndar
     if column.null_count:
         raise HierpipeError(f"{source}: {column.null_count} null vector(s)")
     width = column.type.list_size
-    vectors = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    # a writable copy: Arrow's buffers are read-only, and torch.from_numpy needs writable
+    vectors = np.array(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     vectors = vectors.reshape(len(column), width)
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():

@@ -16,6 +16,7 @@ def _write_metrics(path, model, seed, metrics):
         "dataset": "toy",
         "model": model,
         "seed": seed,
+        "trained": model != "random",
         "subset": "test",
         "metrics": metrics,
     }
@@ -70,3 +71,21 @@ def test_corrupt_metrics_file_is_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(HierpipeError, match=r"metrics\.json: not valid JSON"):
         collect_runs([bad])
+
+
+def test_trained_models_are_compared_with_the_untrained_baseline(tmp_path):
+    values = {"proxydr": (0.8, 0.40), "softmax": (0.5, 0.05), "random": (0.2, 0.10)}
+    files = [
+        _write_metrics(
+            tmp_path / f"{model}/metrics.json",
+            model,
+            1,
+            {"retrieval/recall@1": r1, "hierarchy/prototype/classwise_spearman": rho},
+        )
+        for model, (r1, rho) in values.items()
+    ]
+    aggregate(files, tmp_path / "out")
+    markdown = (tmp_path / "out/summary.md").read_text()
+    assert "untrained baseline `random`" in markdown
+    assert "| proxydr | +0.6000 | +0.3000 | yes |" in markdown
+    assert "| softmax | +0.3000 | -0.0500 | no |" in markdown

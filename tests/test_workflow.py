@@ -1,4 +1,4 @@
-"""End to end: the Snakemake workflow on a tiny config, its incremental behaviour, bad params."""
+"""End to end: the default experiment through Snakemake, its incremental behaviour, bad params."""
 
 import json
 import os
@@ -25,16 +25,7 @@ def _workflow_copy(root: Path) -> Path:
 def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--cores",
-            "2",
-            "--configfile",
-            "params/tiny.yaml",
-            *args,
-        ],
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=root,
         env=env,
         capture_output=True,
@@ -45,10 +36,8 @@ def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
-    from conftest import TINY_PARAMS
-
+    """`snakemake --cores all` on params/default.yaml, as the README's first command runs it."""
     root = _workflow_copy(tmp_path_factory.mktemp("workflow"))
-    write_yaml(TINY_PARAMS, root / "params/tiny.yaml")
     result = snakemake(root)
     assert result.returncode == 0, result.stderr[-5000:]
     return root
@@ -58,8 +47,8 @@ def _outputs(root: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (root / "results").rglob("*") if p.is_file()}
 
 
-def test_workflow_produces_summary_with_every_model(finished_workflow):
-    results = finished_workflow / "results/tiny"
+def test_default_experiment_produces_summary_with_every_model(finished_workflow):
+    results = finished_workflow / "results/default"
     summary = pd.read_parquet(results / "summary.parquet")
     assert sorted(summary["model"]) == ["normface", "proxydr", "random", "softmax"]
     markdown = (results / "summary.md").read_text()
@@ -68,11 +57,14 @@ def test_workflow_produces_summary_with_every_model(finished_workflow):
     metrics = json.loads((results / "shapes/proxydr-s1/metrics.json").read_text())["metrics"]
     for key in (
         "classification/logits/top1",
+        "classification/logits/top5",
+        "classification/logits/ahc",
         "retrieval/recall@1",
+        "retrieval/precision@1",
+        "retrieval/r_precision",
         "retrieval/map@r",
         "hierarchy/proxy/classwise_spearman",
         "hierarchy/prototype/classwise_spearman",
-        "classification/logits/ahc",
     ):
         assert key in metrics
     # the untrained baseline has no classifier, only prototypes
@@ -81,6 +73,23 @@ def test_workflow_produces_summary_with_every_model(finished_workflow):
     assert "hierarchy/prototype/classwise_spearman" in random
     # checkpoints are removed once a run is complete
     assert not list(results.rglob("checkpoint"))
+
+
+def test_trained_models_beat_random_weights(finished_workflow):
+    summary = pd.read_parquet(finished_workflow / "results/default/summary.parquet")
+    summary = summary.set_index("model")
+    for measure in ("retrieval/recall@1", "hierarchy/prototype/classwise_spearman"):
+        baseline = summary.loc["random", f"{measure}/mean"]
+        for model in ("softmax", "normface", "proxydr"):
+            assert summary.loc[model, f"{measure}/mean"] > baseline, (model, measure)
+    # the learned proxies, too, reflect the tree better than the random backbone's prototypes
+    for model in ("softmax", "normface", "proxydr"):
+        assert (
+            summary.loc[model, "hierarchy/proxy/classwise_spearman/mean"]
+            > summary.loc["random", "hierarchy/prototype/classwise_spearman/mean"]
+        )
+    markdown = (finished_workflow / "results/default/summary.md").read_text()
+    assert markdown.count("| yes |") == 3
 
 
 def test_second_run_does_nothing(finished_workflow):
@@ -92,7 +101,7 @@ def test_second_run_does_nothing(finished_workflow):
 
 
 def test_deleting_one_metrics_file_reruns_only_that_evaluation(finished_workflow):
-    target = finished_workflow / "results/tiny/shapes/normface-s1/metrics.json"
+    target = finished_workflow / "results/default/shapes/normface-s1/metrics.json"
     content = target.read_text()
     target.unlink()
     before = _outputs(finished_workflow)
@@ -117,7 +126,7 @@ def test_bad_params_fail_before_any_job(tmp_path, tiny_params, edit, message):
     root = _workflow_copy(tmp_path)
     edit(tiny_params)
     write_yaml(tiny_params, root / "params/tiny.yaml")
-    result = snakemake(root, "--dry-run")
+    result = snakemake(root, "--configfile", "params/tiny.yaml", "--dry-run")
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (root / "results").exists() and not (root / "data").exists()

@@ -1,10 +1,14 @@
 """``shapes``: an embedded synthetic dataset whose visual similarity follows a known tree.
 
-family (shape) -> genus (hue band inside the family's hue sector) -> species (size, texture,
-orientation). Siblings share shape and hue, cousins share the shape and a nearby hue, other
-families differ in both. Per-image jitter (position, size, rotation, hue, brightness) and pixel
-noise keep the task from being trivial. Every class draws from ``default_rng([seed, class_id])``,
-so the same options give byte-identical files.
+family (outline: circle, square, ...) -> genus (surface pattern: solid, striped, dotted,
+checkered) -> species (size x orientation). Siblings share outline and pattern, cousins share
+the outline, other families share nothing. Colour and background brightness are drawn per
+image, independent of the class: they dominate the features of an untrained network but say
+nothing about the tree, so a random backbone's class means barely reflect the hierarchy while
+a trained model, which must learn outline, pattern, size and orientation, can recover it.
+Per-image jitter (position, size, rotation, brightness) and pixel noise keep the task from
+being trivial. Every class draws from ``default_rng([seed, class_id])``, so the same options
+give byte-identical files.
 """
 
 from __future__ import annotations
@@ -49,99 +53,68 @@ SHAPES: dict[str, np.ndarray] = {
     "star": _ring(10, [1.0, 0.45]),
     "hexagon": _ring(6),
 }
-# Colour names every 30 degrees of hue, used to name genera.
-HUE_NAMES = (
-    "red", "orange", "yellow", "lime", "green", "jade",
-    "cyan", "azure", "blue", "violet", "magenta", "pink",
-)  # fmt: skip
-SIZES = {"small": 0.22, "large": 0.34}  # shape radius / image size
-TEXTURES = ("solid", "striped", "dotted")
+SIZES = {"small": 0.26, "large": 0.4}  # shape radius / image size
+TEXTURES = ("solid", "striped", "dotted", "checkered")  # one per genus
 ORIENTATIONS = {"": 0.0, "tilted": np.pi / 4}  # upright species carry no orientation suffix
 
 
-@dataclass(frozen=True)
-class _Species:
-    size: str
-    texture: str
-    orientation: str
-
-    @property
-    def name(self) -> str:
-        return "_".join(part for part in (self.size, self.texture, self.orientation) if part)
-
-
-# Texture is varied first so that the default three species per genus differ in texture only.
-SPECIES = tuple(
-    _Species(size, texture, orientation)
-    for orientation, size, texture in itertools.product(ORIENTATIONS, SIZES, TEXTURES)
-)
-# Keeps genus hues >= 7.5 degrees apart even with 6 families, well above the hue jitter.
-MAX_GENERA = 4
+# (size, orientation) of the species of a genus, in order: the default three are small,
+# large and small tilted.
+SPECIES = tuple((size, orientation) for orientation, size in itertools.product(ORIENTATIONS, SIZES))
 
 _SUPERSAMPLE = 4  # the shape mask is drawn larger and box-filtered down for smooth edges
-_POSITION_JITTER = 0.12  # fraction of the image size
+_POSITION_JITTER = 0.06  # fraction of the image size
 _SIZE_JITTER = 0.08
 _ROTATION_JITTER = np.deg2rad(5.0)
-_HUE_JITTER = 2.0  # degrees
 _BRIGHTNESS_JITTER = 0.08
 _PIXEL_NOISE = 0.04
+_PATTERN_SHADE = 0.5  # brightness of the dark parts of a pattern
 
 
 @dataclass(frozen=True)
 class _ShapeClass:
     shape: str
-    hue: float  # degrees
-    genus: str
-    species: _Species
+    texture: str
+    size: str
+    orientation: str
 
     @property
     def path(self) -> tuple[str, str, str]:
-        return (
-            self.shape,
-            f"{self.shape}-{self.genus}",
-            f"{self.shape}-{self.genus}-{self.species.name}",
-        )
-
-
-def _genus_names(hues: list[float]) -> list[str]:
-    names = [HUE_NAMES[round(h / 30) % len(HUE_NAMES)] for h in hues]
-    if len(set(names)) < len(names):
-        names = [f"{name}{round(h) % 360:03d}" for name, h in zip(names, hues, strict=True)]
-    return names
+        genus = f"{self.shape}-{self.texture}"
+        species = "_".join(part for part in (self.size, self.orientation) if part)
+        return (self.shape, genus, f"{genus}-{species}")
 
 
 def _classes(families: int, genera: int, species: int) -> list[_ShapeClass]:
-    sector = 360.0 / families
-    result = []
-    for family, shape in enumerate(list(SHAPES)[:families]):
-        # Genera fill the middle half of the family's sector: hues within a family are closer
-        # than hues across a sector boundary, so colour similarity follows the tree too.
-        hues = [sector * (family + 0.25 + 0.5 * (g + 0.5) / genera) for g in range(genera)]
-        for hue, genus in zip(hues, _genus_names(hues), strict=True):
-            result.extend(_ShapeClass(shape, hue, genus, spec) for spec in SPECIES[:species])
-    return result
+    return [
+        _ShapeClass(shape, texture, size, orientation)
+        for shape in list(SHAPES)[:families]
+        for texture in TEXTURES[:genera]
+        for size, orientation in SPECIES[:species]
+    ]
 
 
 def _texture(u: np.ndarray, v: np.ndarray, texture: str) -> np.ndarray:
     """Brightness factor of the pattern in shape coordinates (units of the shape radius)."""
     if texture == "striped":
-        return np.where(np.floor(u / 0.25) % 2 == 0, 1.0, 0.5)
+        return np.where(np.floor(u / 0.25) % 2 == 0, 1.0, _PATTERN_SHADE)
     if texture == "dotted":
         du = (u + 1.0) % 0.5 - 0.25
         dv = (v + 1.0) % 0.5 - 0.25
-        return np.where(du**2 + dv**2 < 0.12**2, 0.45, 1.0)
+        return np.where(du**2 + dv**2 < 0.12**2, _PATTERN_SHADE, 1.0)
+    if texture == "checkered":
+        return np.where((np.floor(u / 0.5) + np.floor(v / 0.5)) % 2 == 0, 1.0, _PATTERN_SHADE)
     return np.ones_like(u)
 
 
 def _draw(spec: _ShapeClass, size: int, rng: np.random.Generator) -> Image.Image:
-    radius = SIZES[spec.species.size] * size * (1 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER))
+    radius = SIZES[spec.size] * size * (1 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER))
     centre = size / 2 + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER, 2) * size
-    angle = ORIENTATIONS[spec.species.orientation] + rng.uniform(
-        -_ROTATION_JITTER, _ROTATION_JITTER
-    )
-    hue = (spec.hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER)) % 360
+    angle = ORIENTATIONS[spec.orientation] + rng.uniform(-_ROTATION_JITTER, _ROTATION_JITTER)
+    # colour and background are nuisance: independent of the class
+    hue = rng.uniform(0.0, 360.0)
     value = 0.85 * (1 + rng.uniform(-_BRIGHTNESS_JITTER, _BRIGHTNESS_JITTER))
-    background = 0.45 + rng.uniform(-0.05, 0.05)
+    background = rng.uniform(0.2, 0.6)
 
     cos, sin = np.cos(angle), np.sin(angle)
     outline = SHAPES[spec.shape] @ np.array([[cos, sin], [-sin, cos]]) * radius + centre
@@ -156,7 +129,7 @@ def _draw(spec: _ShapeClass, size: int, rng: np.random.Generator) -> Image.Image
     # Light from the shape's top: makes orientation visible even on a solid circle.
     shading = 1.0 - 0.2 * np.clip(v, -1.0, 1.0)
     colour = np.array(colorsys.hsv_to_rgb(hue / 360, 0.85, value))
-    shape = (_texture(u, v, spec.species.texture) * shading)[..., None] * colour
+    shape = (_texture(u, v, spec.texture) * shading)[..., None] * colour
 
     pixels = mask * shape + (1 - mask) * background
     pixels += rng.normal(0.0, _PIXEL_NOISE, pixels.shape)
@@ -165,7 +138,7 @@ def _draw(spec: _ShapeClass, size: int, rng: np.random.Generator) -> Image.Image
 
 @register_dataset("shapes")
 class ShapesBuilder(DatasetBuilder):
-    """Synthetic shapes with a 3-level tree: shape / hue band / size-texture-orientation."""
+    """Synthetic shapes with a 3-level tree: outline / surface pattern / size and tilt."""
 
     @dataclass(frozen=True)
     class Options:
@@ -181,7 +154,7 @@ class ShapesBuilder(DatasetBuilder):
                 "image_size": (16, None),
                 "images_per_class": (1, None),
                 "families": (1, len(SHAPES)),
-                "genera_per_family": (1, MAX_GENERA),
+                "genera_per_family": (1, len(TEXTURES)),
                 "species_per_genus": (1, len(SPECIES)),
                 "seed": (0, None),
             }

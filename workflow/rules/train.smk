@@ -1,5 +1,6 @@
 # Training: one job per (dataset, run); the run's resolved config is its own file, so a
 # change of params reruns exactly the runs it touches.
+from pathlib import Path
 
 
 rule run_config:
@@ -14,7 +15,9 @@ rule run_config:
     run:
         from hierpipe.config import RunConfig, write_run_config
 
-        write_run_config(RunConfig.from_dict(params.config), output[0])
+        resolved = RunConfig.from_dict(params.config)
+        write_run_config(resolved, output[0])
+        Path(log[0]).write_text(f"resolved config of {resolved.run_id} -> {output[0]}\n")
 
 
 rule train:
