@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,7 +21,7 @@ from hierpipe.artifacts import load_model
 from hierpipe.data import ImageTableDataset, read_dataset, read_split
 from hierpipe.data.transforms import build_transform
 from hierpipe.errors import HierpipeError
-from hierpipe.io import arrow_to_vectors, vectors_to_arrow, write_parquet_atomic
+from hierpipe.io import arrow_to_vectors, read_parquet, vectors_to_arrow, write_parquet_atomic
 from hierpipe.models import select_device
 
 CLASSIFIER_IDS_KEY = b"hierpipe.classifier_class_ids"
@@ -142,7 +141,7 @@ def write_embeddings(embeddings: Embeddings, path: str | Path) -> None:
 
 
 def read_embeddings(path: str | Path) -> Embeddings:
-    table = _read_table(path, ["sample_id", "split", "label", "embedding"])
+    table = read_parquet(path, ["sample_id", "split", "label", "embedding"])
     metadata = table.schema.metadata or {}
     logits, classifier_ids = None, None
     if "logits" in table.column_names:
@@ -165,22 +164,8 @@ def read_embeddings(path: str | Path) -> Embeddings:
 
 def read_representatives(path: str | Path) -> pd.DataFrame:
     """One row per (class, kind) with the vector as an array; vectors validated finite."""
-    table = _read_table(path, ["class_id", "kind", "vector", "source"])
+    table = read_parquet(path, ["class_id", "kind", "vector", "source"])
     vectors = arrow_to_vectors(table["vector"], f"{path} column 'vector'")
     frame = table.drop(["vector"]).to_pandas()
     frame["vector"] = list(vectors)
     return frame
-
-
-def _read_table(path: str | Path, columns: list[str]) -> pa.Table:
-    path = Path(path)
-    if not path.is_file():
-        raise HierpipeError(f"{path}: file not found")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise HierpipeError(f"{path}: not a readable Parquet file ({error})") from error
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise HierpipeError(f"{path}: missing column(s) {missing}; expected {columns}")
-    return table

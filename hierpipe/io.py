@@ -50,6 +50,21 @@ def write_parquet_atomic(data: pd.DataFrame | pa.Table, path: str | Path) -> Non
         pq.write_table(table, tmp)
 
 
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file, naming it when it is missing, unreadable or lacks `columns`."""
+    path = Path(path)
+    if not path.is_file():
+        raise HierpipeError(f"{path}: missing file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise HierpipeError(f"{path}: not a readable Parquet file ({error})") from error
+    missing = [c for c in columns or [] if c not in table.column_names]
+    if missing:
+        raise HierpipeError(f"{path}: missing column(s) {missing}; expected {columns}")
+    return table
+
+
 def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
     """N x D floats as a fixed-size list<float32> column (one vector per row)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)

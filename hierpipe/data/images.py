@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from hierpipe.errors import HierpipeError
 

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -20,11 +18,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
-from hierpipe.io import write_parquet_atomic
+from hierpipe.io import read_parquet, write_parquet_atomic
 
 SAMPLES_FILE = "samples.parquet"
 CLASSES_FILE = "classes.parquet"
@@ -76,12 +73,7 @@ def _conform(table: pa.Table, schema: pa.Schema, where: str | Path) -> pa.Table:
 
 def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
     """Read ``path`` and return it conformed to ``schema``, keeping the file's schema metadata."""
-    if not path.is_file():
-        raise HierpipeError(f"{path}: missing file")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise HierpipeError(f"{path}: not a readable Parquet file ({exc})") from exc
+    table = read_parquet(path)
     return _conform(table, schema, path).replace_schema_metadata(table.schema.metadata)
 
 

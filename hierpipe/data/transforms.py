@@ -22,6 +22,8 @@ AUGMENTATIONS: dict[str, list[Callable]] = {
 def build_transform(augment: str = "none", image_size: int | None = None) -> Callable:
     """PIL image -> float tensor in [0, 1], resized when image_size is given."""
     if augment not in AUGMENTATIONS:
-        raise HierpipeError(f"unknown augmentation {augment!r}; expected one of {list(AUGMENTATIONS)}")
+        raise HierpipeError(
+            f"unknown augmentation {augment!r}; expected one of {list(AUGMENTATIONS)}"
+        )
     resize = [] if image_size is None else [transforms.Resize((image_size, image_size))]
     return transforms.Compose([*resize, *AUGMENTATIONS[augment], transforms.ToTensor()])
