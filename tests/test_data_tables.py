@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hierpipe.data import tables
+import hierpipe.io
 from hierpipe.data.tables import (
     read_classes,
     read_dataset,
@@ -227,7 +227,7 @@ def test_failed_write_keeps_previous_file(dataset: Path, monkeypatch: pytest.Mon
         where.write_bytes(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(tables.pq, "write_table", write_half_then_fail)
+    monkeypatch.setattr(hierpipe.io.pq, "write_table", write_half_then_fail)
     with pytest.raises(OSError, match=r"disk full"):
         write_samples(dataset, _samples([1, 1]))
     monkeypatch.undo()
