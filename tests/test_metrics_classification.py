@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hierpipe.errors import HierpipeError
-from hierpipe.metrics import topk_accuracy
+from hierpipe.metrics import calibration_errors, level_accuracy, topk_accuracy
 
 SCORES = np.array(
     [
@@ -35,6 +35,7 @@ def test_torch_input_and_inf_scores():
     [
         (SCORES, TARGET[:3], (1,), r"target: expected shape \(4,\)"),
         (SCORES, np.array([1, 2, 4, 0]), (1,), r"target: expected labels in \[0, 3\]"),
+        (SCORES[:, :2], TARGET, (1,), "scores matrix whose width differs from the number of"),
         (SCORES, TARGET.astype(float), (1,), "target: expected integer"),
         (SCORES[0], TARGET, (1,), "scores: expected a non-empty"),
         (np.zeros((0, 3)), np.zeros(0, dtype=int), (1,), "scores: expected a non-empty"),
@@ -45,3 +46,64 @@ def test_torch_input_and_inf_scores():
 def test_bad_input(scores, target, ks, match):
     with pytest.raises(HierpipeError, match=match):
         topk_accuracy(scores, target, ks)
+
+
+def _brute_force_calibration(probabilities, target, n_bins):
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == target
+    ece, mce = 0.0, 0.0
+    for b in range(n_bins):
+        low, high = b / n_bins, (b + 1) / n_bins
+        members = [i for i in range(len(target)) if low < confidence[i] <= high]
+        if members:
+            gap = abs(np.mean(correct[members]) - np.mean(confidence[members]))
+            ece += len(members) / len(target) * gap
+            mce = max(mce, gap)
+    return {"ece": ece, "mce": mce}
+
+
+@pytest.mark.parametrize("n_bins", [15, 4])
+def test_calibration_matches_a_brute_force_loop(n_bins):
+    rng = np.random.default_rng(2)
+    logits = 3 * rng.normal(size=(400, 6))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    # Over-confident on purpose: targets drawn from flatter probabilities than reported.
+    flat = np.exp(logits / 3) / np.exp(logits / 3).sum(axis=1, keepdims=True)
+    target = np.array([rng.choice(6, p=row) for row in flat])
+    got = calibration_errors(probabilities, target, n_bins=n_bins)
+    assert got == pytest.approx(_brute_force_calibration(probabilities, target, n_bins))
+    assert 0.05 < got["ece"] < got["mce"]
+
+
+def test_calibration_hand_case():
+    # Confidences 0.9 (right), 0.9 (wrong), 0.6 (right) in two bins of width 1/2:
+    # bin (1/2, 1]: acc 2/3, conf 0.8 -> ECE = |2/3 - 0.8| = 2/15 = MCE.
+    probabilities = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4]])
+    got = calibration_errors(probabilities, np.array([0, 0, 0]), n_bins=2)
+    assert got == pytest.approx({"ece": 2 / 15, "mce": 2 / 15})
+
+
+def test_level_accuracy_hand_case():
+    # Classes 0, 1 under ancestor 0; class 2 under ancestor 1.
+    level = np.array([0, 0, 1])
+    pred = np.array([0, 1, 2, 0])
+    target = np.array([0, 0, 1, 2])  # right, sibling, other ancestor, other ancestor
+    assert level_accuracy(pred, target, level) == pytest.approx(2 / 4)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: calibration_errors(np.full((2, 2), 1.5), np.array([0, 1])), "in \\[0, 1\\]"),
+        (lambda: calibration_errors(np.ones(2), np.array([0, 1])), "probabilities: expected"),
+        (lambda: calibration_errors(np.eye(2), np.array([0])), "target: expected 2 labels"),
+        (lambda: calibration_errors(np.eye(2), np.array([0, 2])), "target: expected labels in"),
+        (lambda: calibration_errors(np.eye(2), np.array([0, 1]), n_bins=0), "n_bins: expected"),
+        (lambda: level_accuracy(np.array([3]), np.array([0]), np.array([0, 0, 1])), "pred: exp"),
+        (lambda: level_accuracy(np.array([0]), np.array([0, 1]), np.array([0, 1])), "same len"),
+        (lambda: level_accuracy(np.array([0]), np.array([0]), np.array([0.0])), "level_labels"),
+    ],
+)
+def test_calibration_and_level_bad_input(call, match):
+    with pytest.raises(HierpipeError, match=match):
+        call()

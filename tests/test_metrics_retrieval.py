@@ -9,7 +9,7 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from hierpipe.errors import HierpipeError
-from hierpipe.metrics import retrieval_metrics
+from hierpipe.metrics import nearest_neighbours, retrieval_metrics
 
 A, B, C = 0, 1, 2
 
@@ -191,3 +191,42 @@ def test_bad_input(kwargs, match):
     args = {"query": np.eye(4, 2), "query_labels": np.array([A, A, B, B])} | kwargs
     with pytest.raises(HierpipeError, match=match):
         retrieval_metrics(**args)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "chord", "euclidean"])
+def test_nearest_neighbours_match_argsort(data, distance):
+    x = data[0].astype(np.float64)
+    if distance == "euclidean":
+        dist = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    else:
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        dist = 1.0 - xn @ xn.T  # chord is monotone in the cosine distance
+    same = np.array(dist)
+    np.fill_diagonal(same, np.inf)
+    got = nearest_neighbours(x, 7, distance=distance, chunk_size=64, dtype=torch.float64)
+    np.testing.assert_array_equal(got, np.argsort(same, axis=1)[:, :7])
+    got_ref = nearest_neighbours(x[:30], 5, x[30:], distance=distance, dtype=torch.float64)
+    np.testing.assert_array_equal(got_ref, np.argsort(dist[:30, 30:], axis=1)[:, :5])
+
+
+def test_nearest_neighbours_exclude_self_by_index_and_chunking(data):
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert nearest_neighbours(x, 1).tolist() == [[1], [0], [0]]
+    whole = nearest_neighbours(data[0], 4, chunk_size=10_000)
+    np.testing.assert_array_equal(nearest_neighbours(data[0], 4, chunk_size=7), whole)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 4}, r"k: expected at most 3 \(the available references\)"),
+        ({"k": 3, "reference": np.ones((2, 2))}, "k: expected at most 2"),
+        ({"k": 0}, "k: expected an integer >= 1"),
+        ({"distance": "manhattan"}, "distance: unknown"),
+        ({"chunk_size": 0}, "chunk_size: expected an integer >= 1"),
+        ({"reference": np.ones((2, 3))}, "reference: expected dimension 2"),
+    ],
+)
+def test_nearest_neighbours_bad_input(kwargs, match):
+    with pytest.raises(HierpipeError, match=match):
+        nearest_neighbours(**({"query": np.eye(4, 2), "k": 1} | kwargs))

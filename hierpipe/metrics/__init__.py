@@ -1,17 +1,36 @@
-"""Evaluation measures: retrieval on embeddings, top-k classification, hierarchy agreement."""
+"""Evaluation measures: classification, hierarchy agreement, retrieval (proxydr.md 6)."""
 
-from hierpipe.metrics.classification import topk_accuracy
+from hierpipe.metrics.classification import calibration_errors, level_accuracy, topk_accuracy
 from hierpipe.metrics.hierarchy import (
+    ahd_at_k,
+    ahs,
     average_hierarchical_cost,
+    check_tree_dist,
     classwise_spearman,
     elementwise_spearman,
+    hierarchical_similarity_at_k,
+    hp_at_k,
+    mistake_severity,
+    robinson_foulds,
 )
-from hierpipe.metrics.retrieval import retrieval_metrics
+from hierpipe.metrics.representatives import representative_retrieval
+from hierpipe.metrics.retrieval import nearest_neighbours, retrieval_metrics
 
 __all__ = [
+    "ahd_at_k",
+    "ahs",
     "average_hierarchical_cost",
+    "calibration_errors",
+    "check_tree_dist",
     "classwise_spearman",
     "elementwise_spearman",
+    "hierarchical_similarity_at_k",
+    "hp_at_k",
+    "level_accuracy",
+    "mistake_severity",
+    "nearest_neighbours",
+    "representative_retrieval",
     "retrieval_metrics",
+    "robinson_foulds",
     "topk_accuracy",
 ]

@@ -1,13 +1,13 @@
-"""Retrieval measures on embeddings: Recall@k, P@1, R-Precision and MAP@R."""
+"""Retrieval on embeddings: nearest neighbours, Recall@k, P@1, R-Precision and MAP@R."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import METRICS, pairwise_distances
-from hierpipe.metrics._validate import as_tensor, check_ks, check_labels
+from hierpipe.metrics._validate import as_tensor, check_count, check_ks, check_labels
 
 Array = np.ndarray | torch.Tensor
 
@@ -28,6 +28,72 @@ def _relevant_counts(query_labels: torch.Tensor, reference_labels: torch.Tensor)
     classes, counts = torch.unique(reference_labels, return_counts=True)
     pos = torch.searchsorted(classes, query_labels).clamp(max=len(classes) - 1)
     return torch.where(classes[pos] == query_labels, counts[pos], 0)
+
+
+def _search_space(
+    query: Array, reference: Array | None, distance: str, chunk_size: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated query and reference embeddings (the query itself when ``reference`` is None)."""
+    q = _embeddings("query", query, dtype)
+    if reference is None:
+        ref = q
+    else:
+        ref = _embeddings("reference", reference, dtype).to(q.device)
+        if ref.shape[1] != q.shape[1]:
+            raise HierpipeError(
+                f"reference: expected dimension {q.shape[1]} like query, got {ref.shape[1]}"
+            )
+    if distance not in METRICS:
+        raise HierpipeError(f"distance: unknown {distance!r}, expected one of {', '.join(METRICS)}")
+    check_count("chunk_size", chunk_size)
+    return q, ref
+
+
+def _neighbour_chunks(
+    q: torch.Tensor,
+    ref: torch.Tensor,
+    rows: torch.Tensor,
+    depth: int,
+    distance: str,
+    self_reference: bool,
+    chunk_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(rows, neighbours)`` chunk by chunk: the ``depth`` nearest references of the
+    queries ``q[rows]``, nearest first; memory is O(chunk_size x len(ref))."""
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        dist = pairwise_distances(q[chunk], ref, distance)
+        if self_reference:
+            dist[torch.arange(len(chunk), device=q.device), chunk] = float("inf")
+        yield chunk, torch.topk(dist, depth, dim=1, largest=False).indices
+
+
+def nearest_neighbours(
+    query: Array,
+    k: int,
+    reference: Array | None = None,
+    distance: str = "cosine",
+    *,
+    chunk_size: int = 1024,
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """(Nq, k) indices into ``reference`` of each query's k nearest references, nearest first.
+
+    Without ``reference`` the query set is its own reference and each query's own row is
+    excluded by index (proxydr.md 6.4: "the first element of the sorted order is dropped").
+    k larger than the number of available references is an error. Chunked and computed in
+    ``dtype`` as in ``retrieval_metrics``; the order among equally distant references is
+    unspecified.
+    """
+    q, ref = _search_space(query, reference, distance, chunk_size, dtype)
+    self_reference = reference is None
+    k = check_count("k", k)
+    available = len(ref) - int(self_reference)
+    if k > available:
+        raise HierpipeError(f"k: expected at most {available} (the available references), got {k}")
+    rows = torch.arange(len(q), device=q.device)
+    chunks = _neighbour_chunks(q, ref, rows, k, distance, self_reference, chunk_size)
+    return torch.cat([neighbours for _, neighbours in chunks]).cpu().numpy()
 
 
 def retrieval_metrics(
@@ -54,30 +120,21 @@ def retrieval_metrics(
     references is clamped to it. Queries are processed ``chunk_size`` at a time, so memory
     is O(chunk_size x len(reference)); computation is in ``dtype``.
     """
-    q = _embeddings("query", query, dtype)
+    q, ref = _search_space(query, reference, distance, chunk_size, dtype)
     q_labels = check_labels("query_labels", as_tensor("query_labels", query_labels), len(q))
     q_labels = q_labels.to(q.device)
     self_reference = reference is None
     if self_reference:
         if reference_labels is not None:
             raise HierpipeError("reference_labels: expected None when reference is None")
-        ref, ref_labels = q, q_labels
+        ref_labels = q_labels
     else:
         if reference_labels is None:
             raise HierpipeError("reference_labels: expected labels when reference is given")
-        ref = _embeddings("reference", reference, dtype).to(q.device)
-        if ref.shape[1] != q.shape[1]:
-            raise HierpipeError(
-                f"reference: expected dimension {q.shape[1]} like query, got {ref.shape[1]}"
-            )
         ref_labels = check_labels(
             "reference_labels", as_tensor("reference_labels", reference_labels), len(ref)
         ).to(q.device)
     ks = check_ks(ks)
-    if distance not in METRICS:
-        raise HierpipeError(f"distance: unknown {distance!r}, expected one of {', '.join(METRICS)}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise HierpipeError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
 
     r_counts = _relevant_counts(q_labels, ref_labels) - int(self_reference)
     scored = torch.nonzero(r_counts > 0).flatten()
@@ -89,12 +146,8 @@ def retrieval_metrics(
     depth = min(max(*ks, int(r_counts.max())), available)
     ranks = torch.arange(1, depth + 1, device=q.device, dtype=torch.float64)
     sums = dict.fromkeys(names, 0.0)
-    for start in range(0, len(scored), chunk_size):
-        rows = scored[start : start + chunk_size]
-        dist = pairwise_distances(q[rows], ref, distance)
-        if self_reference:
-            dist[torch.arange(len(rows), device=q.device), rows] = float("inf")
-        neighbours = torch.topk(dist, depth, dim=1, largest=False).indices
+    chunks = _neighbour_chunks(q, ref, scored, depth, distance, self_reference, chunk_size)
+    for rows, neighbours in chunks:
         hit = ref_labels[neighbours] == q_labels[rows, None]
         r = r_counts[rows].double()
         hit_in_r = hit & (ranks <= r[:, None])
