@@ -11,19 +11,45 @@ from hierpipe.errors import HierpipeError
 from hierpipe.evaluate import read_metrics
 from hierpipe.io import write_parquet_atomic, write_text_atomic
 
-KEYS = ["dataset", "model"]
-RUN_COLUMNS = [*KEYS, "seed", "run", "trained"]
+KEYS = ["dataset", "model", "option"]
+RUN_COLUMNS = [*KEYS, "seed", "run", "trained", "proxies_from_hierarchy"]
 
-# The measures the summary's first table shows, with their column titles.
-HEADLINE = {
-    "classification/logits/top1": "top-1",
-    "classification/prototype/top1": "top-1 (prototype)",
-    "classification/logits/ahc": "AHC",
-    "retrieval/recall@1": "R@1",
-    "retrieval/map@r": "MAP@R",
-    "hierarchy/proxy/classwise_spearman": "classwise rho (proxy)",
-    "hierarchy/prototype/classwise_spearman": "classwise rho (prototype)",
-    "hierarchy/prototype/classwise_spearman_noself": "classwise rho, no self (prototype)",
+# The summary's tables: title -> {measure: column title}. Every measure is in summary.csv.
+SECTIONS = {
+    "Classification by the model's classifier": {
+        "classification/logits/top1": "top-1",
+        "classification/logits/top5": "top-5",
+        "classification/logits/ahc": "AHC",
+        "classification/logits/ahd@5": "AHD@5",
+        "classification/logits/hp@5": "HP@5",
+        "classification/logits/hp@5_devise": "HP@5 (DeViSE)",
+        "classification/logits/ece": "ECE",
+    },
+    "Classification by the nearest class prototype": {
+        "classification/prototype/top1": "top-1",
+        "classification/prototype/ahc": "AHC",
+        "classification/prototype/ahd@5": "AHD@5",
+        "classification/prototype/hp@5": "HP@5",
+        "classification/prototype/hp@5_devise": "HP@5 (DeViSE)",
+    },
+    "Hierarchical inference: proxies vs the true tree": {
+        "hierarchy/proxy/classwise_spearman": "classwise rho",
+        "hierarchy/proxy/classwise_spearman_noself": "classwise rho, no self",
+        "hierarchy/proxy/elementwise_spearman": "elementwise rho",
+        "hierarchy/proxy/norm_rf": "RF (normalised)",
+    },
+    "Hierarchical inference: prototypes vs the true tree": {
+        "hierarchy/prototype/classwise_spearman": "classwise rho",
+        "hierarchy/prototype/classwise_spearman_noself": "classwise rho, no self",
+        "hierarchy/prototype/elementwise_spearman": "elementwise rho",
+        "hierarchy/prototype/norm_rf": "RF (normalised)",
+    },
+    "Retrieval": {
+        "retrieval/recall@1": "R@1",
+        "retrieval/map@r": "MAP@R",
+        "retrieval/hs@1": "HS@1",
+        "retrieval/ahs": "AHS",
+    },
 }
 
 
@@ -40,7 +66,9 @@ def collect_runs(metrics_paths: Sequence[str | Path]) -> pd.DataFrame:
                 "model": document["model"],
                 "seed": document["seed"],
                 "run": document["run"],
+                "option": document["option"],
                 "trained": document["trained"],
+                "proxies_from_hierarchy": document["proxies_from_hierarchy"],
                 **{k: (float("nan") if v is None else v) for k, v in document["metrics"].items()},
             }
         )
@@ -59,8 +87,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = runs.groupby(KEYS, sort=False)[measures]
     summary = grouped.mean().add_suffix("/mean").join(grouped.std(ddof=1).add_suffix("/sd"))
     summary.insert(0, "n_seeds", runs.groupby(KEYS, sort=False)["seed"].nunique())
-    summary.insert(1, "trained", runs.groupby(KEYS, sort=False)["trained"].all())
-    ordered = ["n_seeds", "trained"] + [f"{m}/{stat}" for m in measures for stat in ("mean", "sd")]
+    flags = runs.groupby(KEYS, sort=False)[["trained", "proxies_from_hierarchy"]].all()
+    summary = summary.join(flags)
+    ordered = ["n_seeds", "trained", "proxies_from_hierarchy"] + [
+        f"{m}/{stat}" for m in measures for stat in ("mean", "sd")
+    ]
     return summary[ordered].reset_index()
 
 
@@ -75,26 +106,48 @@ def aggregate(metrics_paths: Sequence[str | Path], out_dir: str | Path) -> pd.Da
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
-    lines = ["# Summary", ""]
+    lines = [
+        "# Summary",
+        "",
+        "Mean ± sd over seeds (sd omitted for one seed); n/a = not defined.",
+        "",
+    ]
     for dataset, table in summary.groupby("dataset", sort=False):
-        lines += [f"## {dataset}", "", "Mean ± sd over seeds (sd omitted for one seed).", ""]
-        headline = [m for m in HEADLINE if f"{m}/mean" in table.columns]
-        lines += _markdown_table(
-            ["model", "seeds", *(HEADLINE[m] for m in headline)],
-            [
-                [row["model"], str(row["n_seeds"]), *(_cell(row, m) for m in headline)]
-                for _, row in table.iterrows()
-            ],
-        )
-        lines += _baseline_comparison(table)
+        lines += [f"## {dataset}", ""]
+        names = [_run_name(row) for _, row in table.iterrows()]
+        for title, section in SECTIONS.items():
+            shown = [m for m in section if f"{m}/mean" in table.columns]
+            if not shown:
+                continue
+            lines += [f"### {title}", ""]
+            lines += _markdown_table(
+                ["model", "seeds", *(section[m] for m in shown)],
+                [
+                    [name, str(row["n_seeds"]), *(_cell(row, m) for m in shown)]
+                    for name, (_, row) in zip(names, table.iterrows(), strict=True)
+                ],
+            )
+            lines.append("")
+        if table["proxies_from_hierarchy"].any():
+            lines += [
+                "\\* proxies fitted to the true tree (MDS): their hierarchy scores measure that "
+                "fit, not learning.",
+                "",
+            ]
+        lines += _baseline_comparison(table, names)
         measures = [c.removesuffix("/mean") for c in table.columns if c.endswith("/mean")]
         lines += ["", "<details><summary>All measures</summary>", ""]
         lines += _markdown_table(
-            ["measure", *table["model"]],
+            ["measure", *names],
             [[m, *(_cell(row, m) for _, row in table.iterrows())] for m in measures],
         )
         lines += ["", "</details>", ""]
     return "\n".join(lines) + "\n"
+
+
+def _run_name(row: pd.Series) -> str:
+    name = f"{row['model']} ({row['option']})"
+    return f"{name} \\*" if row["proxies_from_hierarchy"] else name
 
 
 # Measures on which a trained model should beat the untrained random-weights backbone; the
@@ -105,7 +158,7 @@ BASELINE_MEASURES = {
 }
 
 
-def _baseline_comparison(table: pd.DataFrame) -> list[str]:
+def _baseline_comparison(table: pd.DataFrame, names: list[str]) -> list[str]:
     """Each trained model minus the untrained baseline (ProxyDR's random-weights question)."""
     baselines = table[~table["trained"]]
     if baselines.empty:
@@ -113,21 +166,18 @@ def _baseline_comparison(table: pd.DataFrame) -> list[str]:
     baseline = baselines.iloc[0]
     measures = [m for m in BASELINE_MEASURES if f"{m}/mean" in table.columns]
     lines = [
+        f"### Against the untrained baseline `{baseline['model']}`",
         "",
-        f"Trained models against the untrained baseline `{baseline['model']}` "
-        "(difference of means; positive = better than random weights):",
+        "Difference of means; positive = better than random weights.",
         "",
     ]
     rows = []
-    for _, row in table[table["trained"]].iterrows():
+    for name, (_, row) in zip(names, table.iterrows(), strict=True):
+        if not row["trained"]:
+            continue
         deltas = [row[f"{m}/mean"] - baseline[f"{m}/mean"] for m in measures]
-        rows.append(
-            [
-                row["model"],
-                *(f"{d:+.4f}" for d in deltas),
-                "yes" if all(d > 0 for d in deltas) else "no",
-            ]
-        )
+        verdict = "yes" if all(d > 0 for d in deltas) else "no"
+        rows.append([name, *(f"{d:+.4f}" for d in deltas), verdict])
     header = ["model", *(f"Δ {BASELINE_MEASURES[m]}" for m in measures), "beats baseline on all"]
     return lines + _markdown_table(header, rows)
 

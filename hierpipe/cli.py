@@ -47,7 +47,7 @@ def _data_split(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from hierpipe.config import read_run_config
-    from hierpipe.train import train_run
+    from hierpipe.train.engine import train_run
 
     train_run(read_run_config(args.config), args.model_out, args.log_out, args.checkpoint_dir)
 

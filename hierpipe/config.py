@@ -19,7 +19,9 @@ import yaml
 from hierpipe.errors import HierpipeError
 from hierpipe.io import write_text_atomic
 
-RUN_ID_PATTERN = r"[a-z0-9_]+-s[0-9]+"
+RUN_ID_PATTERN = r"[a-z0-9_]+-[a-z0-9_]+-s[0-9]+"
+# The option set every params file has: training without any option.
+STANDARD_OPTION = "standard"
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,13 @@ class EvaluateConfig:
     subset: str = "test"
     retrieval_ks: tuple[int, ...] = (1, 2, 4, 8)
     distance: str = "cosine"
+    hs_ks: tuple[int, ...] = (1, 50, 100, 150, 200, 250)
+    ahs_k_max: int = 250
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything one (dataset, model, seed) run depends on."""
+    """Everything one (dataset, model, option set, seed) run depends on."""
 
     experiment: str
     dataset: str
@@ -71,6 +75,8 @@ class RunConfig:
     model: str
     loss: str | None
     hyperparameters: dict[str, Any]
+    option: str
+    training_options: dict[str, dict[str, Any]]
     seed: int
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -78,7 +84,7 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        return run_id(self.model, self.seed)
+        return run_id(self.model, self.option, self.seed)
 
     @property
     def split_path(self) -> Path:
@@ -97,8 +103,29 @@ class RunConfig:
         return _build(cls, data, source)
 
 
-def run_id(model: str, seed: int) -> str:
-    return f"{model}-s{seed}"
+def run_id(model: str, option: str, seed: int) -> str:
+    return f"{model}-{option}-s{seed}"
+
+
+def grid(params: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    """Every (model, option set, seed) of the params, in params order."""
+    return [
+        (entry["model"], option, seed)
+        for entry in params["runs"]
+        for option in entry.get("options", [STANDARD_OPTION])
+        for seed in params.get("seeds", [1])
+    ]
+
+
+def option_set(params: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """The training options of option set `name`; `standard` needs no definition."""
+    options = params.get("options", {})
+    if name not in options and name != STANDARD_OPTION:
+        raise HierpipeError(
+            f"params: runs use option set {name!r}, which is not defined under options "
+            f"(defined: {sorted(options)})"
+        )
+    return {k: dict(v) for k, v in options.get(name, {}).items()}
 
 
 def check_params(params: Mapping[str, Any]) -> None:
@@ -123,12 +150,27 @@ def check_params(params: Mapping[str, Any]) -> None:
             build_loss(loss, 2, 1, **definition.get("hyperparameters", {}))
         except HierpipeError as error:
             raise HierpipeError(f"params: models.{model}: {error}") from error
-    for name in params["runs"]:
-        if name not in params["models"]:
+    from hierpipe.train.options import check_option_set
+
+    for model, option, _ in grid(params):
+        if model not in params["models"]:
             raise HierpipeError(
-                f"params: runs lists model {name!r}, which is not defined under models "
+                f"params: runs lists model {model!r}, which is not defined under models "
                 f"(defined: {sorted(params['models'])})"
             )
+        training_options = option_set(params, option)
+        loss = params["models"][model]["loss"]
+        if loss is None and training_options:
+            raise HierpipeError(
+                f"params: model {model!r} is untrained (loss null); option set {option!r} "
+                "would have nothing to act on"
+            )
+        if loss is not None:
+            try:
+                check_option_set(training_options, loss)
+            except HierpipeError as error:
+                message = f"params: model {model!r} with option set {option!r}: {error}"
+                raise HierpipeError(message) from error
     backbone = params.get("backbone", {}).get("name", BackboneConfig.name)
     if not timm.is_model(backbone):
         raise HierpipeError(f"params: backbone.name {backbone!r} is not a timm model name")
@@ -142,7 +184,12 @@ def check_params(params: Mapping[str, Any]) -> None:
 
 
 def resolve_run_config(
-    params: Mapping[str, Any], dataset: str, model: str, seed: int, data_root: str = "data"
+    params: Mapping[str, Any],
+    dataset: str,
+    model: str,
+    option: str,
+    seed: int,
+    data_root: str = "data",
 ) -> RunConfig:
     """The run's config from validated params (schema defaults already filled in)."""
     if dataset not in params["datasets"]:
@@ -158,6 +205,8 @@ def resolve_run_config(
         model=model,
         loss=definition["loss"],
         hyperparameters=dict(definition.get("hyperparameters", {})),
+        option=option,
+        training_options=option_set(params, option),
         seed=int(seed),
         backbone=_build(BackboneConfig, params.get("backbone", {}), "backbone"),
         train=_build(TrainConfig, params.get("train", {}), "train"),
@@ -201,7 +250,7 @@ def _build(cls: type, data: Mapping[str, Any], source: str) -> Any:
         nested = _NESTED.get((cls.__name__, name))
         if nested is not None:
             value = _build(nested, value, f"{source}.{name}")
-        elif name == "retrieval_ks":
+        elif name in ("retrieval_ks", "hs_ks"):
             value = tuple(value)
         values[name] = value
     try:

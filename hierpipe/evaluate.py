@@ -15,22 +15,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from hierpipe.config import RunConfig
 from hierpipe.data import read_classes
-from hierpipe.embed import Embeddings, read_embeddings, read_representatives
+from hierpipe.embeddings import Embeddings, read_embeddings, read_representatives
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import pairwise_distances
 from hierpipe.hierarchy import ClassTree
 from hierpipe.io import write_text_atomic
 from hierpipe.metrics import (
+    ahd_at_k,
+    ahs,
     average_hierarchical_cost,
+    calibration_errors,
     classwise_spearman,
     elementwise_spearman,
+    hierarchical_similarity_at_k,
+    hp_at_k,
+    level_accuracy,
+    mistake_severity,
+    nearest_neighbours,
+    representative_retrieval,
     retrieval_metrics,
+    robinson_foulds,
     topk_accuracy,
 )
+from hierpipe.train.options import proxies_from_hierarchy
 
 
 def evaluate_run(
@@ -53,26 +65,19 @@ def evaluate_run(
     tree_dist = tree.distance_matrix()
 
     metrics: dict[str, float] = {}
-    metrics.update(_classification(embeddings, subset, representatives, tree_dist))
-    metrics.update(
-        _prefixed(
-            "retrieval",
-            retrieval_metrics(
-                embeddings.embedding[subset],
-                embeddings.label[subset],
-                ks=config.evaluate.retrieval_ks,
-                distance=config.evaluate.distance,
-            ),
-        )
-    )
+    metrics.update(_classification(embeddings, subset, representatives, tree, tree_dist))
+    metrics.update(_retrieval(config, embeddings, subset, tree_dist))
     for kind, group in representatives.groupby("kind", sort=True):
         metrics.update(_hierarchy(kind, group, tree, tree_dist))
     document = {
         "run": config.run_id,
         "dataset": config.dataset,
         "model": config.model,
+        "option": config.option,
         "seed": config.seed,
         "trained": config.trained,
+        # Q17: proxies fitted to the true tree (MDS, CORR) measure that fit, not learning
+        "proxies_from_hierarchy": proxies_from_hierarchy(config.training_options),
         "subset": config.evaluate.subset,
         "metrics": {k: _finite_or_none(v) for k, v in sorted(metrics.items())},
     }
@@ -81,9 +86,17 @@ def evaluate_run(
 
 
 def _classification(
-    embeddings: Embeddings, subset: np.ndarray, representatives, tree_dist: np.ndarray
+    embeddings: Embeddings,
+    subset: np.ndarray,
+    representatives: pd.DataFrame,
+    tree: ClassTree,
+    tree_dist: np.ndarray,
 ) -> dict[str, float]:
-    """Top-k accuracy and AHC for each way the run can classify, on closed-set splits."""
+    """Flat and hierarchy-informed classification for each way the run can classify.
+
+    `logits`: the model's own classifier; `prototype`: the nearest class prototype (cosine).
+    Only on closed-set splits, where every evaluated class is known to the classifier.
+    """
     target = embeddings.label[subset]
     sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if embeddings.logits is not None:
@@ -98,46 +111,84 @@ def _classification(
         )
         sources["prototype"] = (similarity.numpy(), prototypes["class_id"].to_numpy())
     metrics = {}
-    for name, (scores, class_ids) in sources.items():
+    for name, (known_scores, class_ids) in sources.items():
         if not np.isin(target, class_ids).all():
             continue  # open-set (class-disjoint) evaluation: no classifier knows these classes
-        rows = _index(class_ids, target)
-        accuracy = topk_accuracy(scores, rows, ks=(1, 5))
-        predicted = class_ids[scores.argmax(axis=1)]
-        accuracy["ahc"] = average_hierarchical_cost(predicted, target, tree_dist)
-        metrics.update(_prefixed(f"classification/{name}", accuracy))
+        # every class gets a column; classes the classifier never saw can never be predicted
+        scores = np.full((len(target), tree.num_classes), -np.inf, dtype=np.float64)
+        scores[:, class_ids] = known_scores
+        predicted = scores.argmax(axis=1)
+        values = topk_accuracy(scores, target, ks=(1, 5))
+        values["ahc"] = average_hierarchical_cost(predicted, target, tree_dist)
+        values["mistake_severity"] = mistake_severity(predicted, target, tree_dist)
+        k = min(5, tree.num_classes - 2)
+        values[f"ahd@{k}"] = ahd_at_k(scores, target, tree_dist, k)
+        values[f"hp@{k}"] = hp_at_k(scores, target, tree_dist, k, definition="code")
+        values[f"hp@{k}_devise"] = hp_at_k(scores, target, tree_dist, k, definition="devise")
+        for level in range(tree.max_depth - 1):
+            values[f"level{level}_top1"] = level_accuracy(
+                predicted, target, tree.level_labels(level)
+            )
+        if name == "logits":  # prototype similarities have no probabilistic scale
+            probabilities = torch.softmax(torch.from_numpy(scores), dim=1).numpy()
+            values.update(calibration_errors(probabilities, target))
+        metrics.update(_prefixed(f"classification/{name}", values))
     return metrics
 
 
-def _hierarchy(kind: str, group, tree: ClassTree, tree_dist: np.ndarray) -> dict[str, float]:
+def _retrieval(
+    config: RunConfig, embeddings: Embeddings, subset: np.ndarray, tree_dist: np.ndarray
+) -> dict[str, float]:
+    """Flat retrieval and hierarchical similarity (HS@k, AHS), each item querying the rest."""
+    vectors, labels = embeddings.embedding[subset], embeddings.label[subset]
+    settings = config.evaluate
+    metrics = retrieval_metrics(
+        vectors, labels, ks=settings.retrieval_ks, distance=settings.distance
+    )
+    # HS@k needs k neighbours besides the query itself: small test sets cap the depth
+    depth = min(max(settings.hs_ks), settings.ahs_k_max, len(labels) - 1)
+    if depth >= 2:
+        neighbours = nearest_neighbours(vectors, depth, distance=settings.distance)
+        knn_labels = labels[neighbours]
+        ks = sorted({min(k, depth) for k in settings.hs_ks})
+        metrics.update(hierarchical_similarity_at_k(labels, knn_labels, labels, tree_dist, ks))
+        metrics["ahs"] = ahs(labels, knn_labels, labels, tree_dist, k_max=depth)
+        metrics["ahs_k"] = depth
+    return _prefixed("retrieval", metrics)
+
+
+def _hierarchy(
+    kind: str, group: pd.DataFrame, tree: ClassTree, tree_dist: np.ndarray
+) -> dict[str, float]:
     """Agreement of representative distances (chord, on the unit sphere) with tree distances."""
     class_ids = group["class_id"].to_numpy()
     if len(class_ids) < 3:
         return {}
-    vectors = torch.from_numpy(np.stack(group["vector"].to_numpy()))
-    rep_dist = pairwise_distances(vectors, vectors, "chord").double().numpy()
+    vectors = np.stack(group["vector"].to_numpy()).astype(np.float64)
+    rep_dist = pairwise_distances(torch.from_numpy(vectors), torch.from_numpy(vectors), "chord")
+    rep_dist = rep_dist.numpy()
+    np.fill_diagonal(rep_dist, 0.0)
     sub_tree = tree_dist[np.ix_(class_ids, class_ids)]
     rho, p = classwise_spearman(rep_dist, sub_tree, include_self=True)
     rho_noself, p_noself = classwise_spearman(rep_dist, sub_tree, include_self=False)
     rho_elem, p_elem = elementwise_spearman(rep_dist, sub_tree)
-    return _prefixed(
-        f"hierarchy/{kind}",
-        {
-            "classwise_spearman": rho,
-            "classwise_spearman_p": p,
-            "classwise_spearman_noself": rho_noself,
-            "classwise_spearman_noself_p": p_noself,
-            "elementwise_spearman": rho_elem,
-            "elementwise_spearman_p": p_elem,
-            "num_classes": float(len(class_ids)),
-        },
-    )
-
-
-def _index(class_ids: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Column of each target in a score matrix whose columns are `class_ids`."""
-    position = {int(c): i for i, c in enumerate(class_ids)}
-    return np.array([position[int(t)] for t in target])
+    rf = robinson_foulds(rep_dist, sub_tree)
+    values = {
+        "classwise_spearman": rho,
+        "classwise_spearman_p": p,
+        "classwise_spearman_noself": rho_noself,
+        "classwise_spearman_noself_p": p_noself,
+        "elementwise_spearman": rho_elem,
+        "elementwise_spearman_p": p_elem,
+        "rf": rf["rf"],
+        "norm_rf": rf["norm_rf"],
+        "num_classes": len(class_ids),
+    }
+    for level in range(tree.max_depth - 1):
+        level_ids = tree.level_labels(level)[class_ids]
+        for name, value in representative_retrieval(vectors, level_ids).items():
+            values[f"level{level}_{name}"] = value
+    return _prefixed(f"hierarchy/{kind}", values)
 
 
 def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, float]:
@@ -157,7 +208,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise HierpipeError(f"{path}: not valid JSON ({error})") from error
-    for key in ("run", "dataset", "model", "seed", "trained", "metrics"):
+    for key in ("run", "dataset", "model", "option", "seed", "trained", "metrics"):
         if key not in document:
             raise HierpipeError(f"{path}: missing key {key!r}")
     return document

@@ -34,9 +34,21 @@ TINY_PARAMS = {
         "softmax": {"loss": "softmax"},
         "normface": {"loss": "normface", "hyperparameters": {"scale": 10.0}},
         "proxydr": {"loss": "proxydr", "hyperparameters": {"scale": 10.0}},
+        "corr": {"loss": "corr"},
         "random": {"loss": None},
     },
-    "runs": ["softmax", "normface", "proxydr", "random"],
+    "options": {
+        "ema": {"ema": {"alpha": 0.01}},
+        "dynamic": {"dynamic_scale": {}},
+        "mds": {"mds": {"steps": 50}},
+    },
+    "runs": [
+        {"model": "softmax"},
+        {"model": "normface", "options": ["standard", "dynamic"]},
+        {"model": "proxydr", "options": ["standard", "ema", "dynamic", "mds"]},
+        {"model": "corr", "options": ["mds"]},
+        {"model": "random"},
+    ],
     "evaluate": {"retrieval_ks": [1, 2]},
 }
 

@@ -15,8 +15,10 @@ def _write_metrics(path, model, seed, metrics):
         "run": f"{model}-s{seed}",
         "dataset": "toy",
         "model": model,
+        "option": "standard",
         "seed": seed,
         "trained": model != "random",
+        "proxies_from_hierarchy": False,
         "subset": "test",
         "metrics": metrics,
     }
@@ -56,8 +58,9 @@ def test_aggregate_writes_tables_that_agree(metrics_files, tmp_path):
     pd.testing.assert_frame_equal(parquet, summary)
     np.testing.assert_allclose(csv["retrieval/recall@1/mean"], summary["retrieval/recall@1/mean"])
     markdown = (out / "summary.md").read_text()
-    assert "| proxydr | 3 | 0.7000 ± 0.2000 | n/a |" in markdown
-    assert "| normface | 1 | 0.4000 | n/a |" in markdown
+    assert "| proxydr (standard) | 3 | 0.7000 ± 0.2000 |" in markdown  # retrieval table
+    assert "| proxydr (standard) | 3 | n/a |" in markdown  # proxy hierarchy table
+    assert "| normface (standard) | 1 | 0.4000 |" in markdown
     assert not list(out.glob(".*.tmp"))
 
 
@@ -87,5 +90,5 @@ def test_trained_models_are_compared_with_the_untrained_baseline(tmp_path):
     aggregate(files, tmp_path / "out")
     markdown = (tmp_path / "out/summary.md").read_text()
     assert "untrained baseline `random`" in markdown
-    assert "| proxydr | +0.6000 | +0.3000 | yes |" in markdown
-    assert "| softmax | +0.3000 | -0.0500 | no |" in markdown
+    assert "| proxydr (standard) | +0.6000 | +0.3000 | yes |" in markdown
+    assert "| softmax (standard) | +0.3000 | -0.0500 | no |" in markdown

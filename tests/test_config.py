@@ -12,8 +12,9 @@ from hierpipe.errors import HierpipeError
 
 
 def test_resolved_config_round_trips_through_yaml(tiny_params, tmp_path):
-    config = resolve_run_config(validated(tiny_params), "shapes", "proxydr", 1)
-    assert config.run_id == "proxydr-s1"
+    config = resolve_run_config(validated(tiny_params), "shapes", "proxydr", "dynamic", 1)
+    assert config.run_id == "proxydr-dynamic-s1"
+    assert config.training_options == {"dynamic_scale": {}}
     assert config.hyperparameters == {"scale": 10.0}
     assert config.train.epochs == 2 and config.train.weight_decay == 0.0  # schema default
     assert str(config.split_path) == "data/shapes/splits/by_image-seed0.parquet"
@@ -22,12 +23,12 @@ def test_resolved_config_round_trips_through_yaml(tiny_params, tmp_path):
 
 
 def test_untrained_baseline_has_no_loss(tiny_params):
-    config = resolve_run_config(validated(tiny_params), "shapes", "random", 1)
+    config = resolve_run_config(validated(tiny_params), "shapes", "random", "standard", 1)
     assert not config.trained
 
 
 def test_unknown_key_in_run_config_is_named(tiny_params):
-    data = resolve_run_config(validated(tiny_params), "shapes", "softmax", 1).to_dict()
+    data = resolve_run_config(validated(tiny_params), "shapes", "softmax", "standard", 1).to_dict()
     data["train"]["learning_rate"] = 0.1
     with pytest.raises(HierpipeError, match=r"unknown key\(s\) \['learning_rate'\]"):
         RunConfig.from_dict(data)
@@ -44,7 +45,26 @@ def test_valid_params_pass(tiny_params):
             lambda p: p["models"]["softmax"].update(loss="arcface"),
             r"models\.softmax\.loss is 'arcface'",
         ),
-        (lambda p: p["runs"].append("hier"), r"runs lists model 'hier'"),
+        (lambda p: p["runs"].append({"model": "hier"}), r"runs lists model 'hier'"),
+        (
+            lambda p: p["runs"].append({"model": "proxydr", "options": ["warmup"]}),
+            r"option set 'warmup', which is not defined",
+        ),
+        (
+            lambda p: p["runs"].append({"model": "corr"}),
+            r"model 'corr' with option set 'standard'",
+        ),
+        (
+            lambda p: p["runs"].append({"model": "random", "options": ["ema"]}),
+            r"model 'random' is untrained",
+        ),
+        (
+            lambda p: (
+                p["options"].update(ema_mds={"ema": {}, "mds": {}})
+                or p["runs"].append({"model": "proxydr", "options": ["ema_mds"]})
+            ),
+            r"ema",
+        ),
         (lambda p: p["datasets"].update(imagenet21k={}), r"unknown dataset 'imagenet21k'"),
         (lambda p: p["backbone"].update(name="resnet9000"), r"'resnet9000' is not a timm model"),
         (

@@ -11,6 +11,7 @@ from torch.func import functional_call
 from hierpipe.errors import HierpipeError
 from hierpipe.losses import (
     LOSSES,
+    CORRLoss,
     NormFaceLoss,
     ProxyClassifierLoss,
     ProxyDRLoss,
@@ -140,8 +141,14 @@ def test_normalized_embeddings_flags() -> None:
     assert ProxyDRLoss.normalized_embeddings is True
 
 
-def test_registry_holds_the_three_losses() -> None:
-    assert {"softmax": SoftmaxLoss, "normface": NormFaceLoss, "proxydr": ProxyDRLoss} == LOSSES
+def test_registry_holds_the_four_losses() -> None:
+    expected = {
+        "softmax": SoftmaxLoss,
+        "normface": NormFaceLoss,
+        "proxydr": ProxyDRLoss,
+        "corr": CORRLoss,
+    }
+    assert expected == LOSSES
 
 
 def test_build_loss_passes_hyperparameters() -> None:

@@ -12,11 +12,13 @@ from conftest import validated
 from hierpipe.artifacts import load_model
 from hierpipe.config import resolve_run_config
 from hierpipe.data import make_split, prepare_dataset, read_classes
-from hierpipe.embed import export_embeddings, read_embeddings, read_representatives
+from hierpipe.embed import export_embeddings
+from hierpipe.embeddings import read_embeddings, read_representatives, write_embeddings
 from hierpipe.errors import HierpipeError
 from hierpipe.evaluate import evaluate_run
 from hierpipe.metrics import classwise_spearman, retrieval_metrics
-from hierpipe.train import engine, train_run
+from hierpipe.train import engine
+from hierpipe.train.engine import train_run
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +33,21 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def _config(tiny_params, data_root, model="proxydr", epochs=2):
+def _config(tiny_params, data_root, model="proxydr", epochs=2, option="standard"):
     tiny_params["train"]["epochs"] = epochs
-    return resolve_run_config(validated(tiny_params), "shapes", model, 1, data_root=str(data_root))
+    params = validated(tiny_params)
+    return resolve_run_config(params, "shapes", model, option, 1, data_root=str(data_root))
 
 
 def _state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("option", ["standard", "ema", "dynamic", "mds"])
 def test_training_is_deterministic_and_resumes_bitwise(
-    tiny_params, data_root, tmp_path, monkeypatch
+    tiny_params, data_root, tmp_path, monkeypatch, option
 ):
-    config = _config(tiny_params, data_root, epochs=3)
+    config = _config(tiny_params, data_root, epochs=3, option=option)
     train_run(config, tmp_path / "a/model.pt", tmp_path / "a/log.parquet", tmp_path / "a/ckpt")
     train_run(config, tmp_path / "b/model.pt", tmp_path / "b/log.parquet", tmp_path / "b/ckpt")
     first = torch.load(tmp_path / "a/model.pt", weights_only=True)
@@ -52,9 +56,9 @@ def test_training_is_deterministic_and_resumes_bitwise(
     # interrupt the third run after its second epoch's checkpoint, then rerun it
     real_save = engine._save_checkpoint
 
-    def save_then_die(path, config, net, loss, optimizer, state):
-        real_save(path, config, net, loss, optimizer, state)
-        if state["epoch"] == 2:
+    def save_then_die(*args):
+        real_save(*args)
+        if args[-1]["epoch"] == 2:  # the engine's state, saved after the second epoch
             raise KeyboardInterrupt("simulated kill")
 
     monkeypatch.setattr(engine, "_save_checkpoint", save_then_die)
@@ -147,7 +151,10 @@ def test_metrics_agree_with_direct_computations(exported, tmp_path):
     rho, _ = classwise_spearman(chord, tree_dist, include_self=True)
     assert metrics["hierarchy/proxy/classwise_spearman"] == pytest.approx(rho, abs=1e-6)
     written = json.loads((tmp_path / "m.json").read_text())
-    assert written["run"] == "proxydr-s1" and written["metrics"]["retrieval/recall@1"] is not None
+    assert (
+        written["run"] == "proxydr-standard-s1"
+        and written["metrics"]["retrieval/recall@1"] is not None
+    )
 
 
 def test_nan_embeddings_are_refused_at_evaluation(exported, tmp_path):
@@ -157,7 +164,6 @@ def test_nan_embeddings_are_refused_at_evaluation(exported, tmp_path):
     table = pq.read_table(out / "embeddings.parquet")
     embeddings = read_embeddings(out / "embeddings.parquet")
     embeddings.embedding[3] = np.nan
-    from hierpipe.embed import write_embeddings
 
     write_embeddings(embeddings, tmp_path / "bad.parquet")
     assert pq.read_table(tmp_path / "bad.parquet").num_rows == table.num_rows

@@ -54,7 +54,9 @@ def test_default_experiment_produces_summary_with_every_model(finished_workflow)
     markdown = (results / "summary.md").read_text()
     for model in ("softmax", "normface", "proxydr", "random"):
         assert f"| {model} | 1 |" in markdown
-    metrics = json.loads((results / "shapes/proxydr-s1/metrics.json").read_text())["metrics"]
+    metrics = json.loads((results / "shapes/proxydr-standard-s1/metrics.json").read_text())[
+        "metrics"
+    ]
     for key in (
         "classification/logits/top1",
         "classification/logits/top5",
@@ -68,7 +70,7 @@ def test_default_experiment_produces_summary_with_every_model(finished_workflow)
     ):
         assert key in metrics
     # the untrained baseline has no classifier, only prototypes
-    random = json.loads((results / "shapes/random-s1/metrics.json").read_text())["metrics"]
+    random = json.loads((results / "shapes/random-standard-s1/metrics.json").read_text())["metrics"]
     assert "classification/logits/top1" not in random
     assert "hierarchy/prototype/classwise_spearman" in random
     # checkpoints are removed once a run is complete
@@ -101,7 +103,7 @@ def test_second_run_does_nothing(finished_workflow):
 
 
 def test_deleting_one_metrics_file_reruns_only_that_evaluation(finished_workflow):
-    target = finished_workflow / "results/default/shapes/normface-s1/metrics.json"
+    target = finished_workflow / "results/default/shapes/normface-standard-s1/metrics.json"
     content = target.read_text()
     target.unlink()
     before = _outputs(finished_workflow)
@@ -118,7 +120,7 @@ def test_deleting_one_metrics_file_reruns_only_that_evaluation(finished_workflow
     [
         (lambda p: p["train"].update(lr=-0.1), "lr"),
         (lambda p: p["train"].update(learning_rate=0.1), "learning_rate"),
-        (lambda p: p["runs"].append("arcface"), "runs lists model 'arcface'"),
+        (lambda p: p["runs"].append({"model": "arcface"}), "runs lists model 'arcface'"),
         (lambda p: p["datasets"].update(imagenet={}), "unknown dataset 'imagenet'"),
     ],
 )
@@ -130,3 +132,20 @@ def test_bad_params_fail_before_any_job(tmp_path, tiny_params, edit, message):
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert not (root / "results").exists() and not (root / "data").exists()
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table of a dry run, as {rule: count}."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    rows = [line.split() for line in table.strip().splitlines()[2:]]
+    return {rule: int(count) for rule, count in rows}
+
+
+def test_proxydr_grid_lists_every_job(tmp_path):
+    root = _workflow_copy(tmp_path)
+    result = snakemake(root, "--configfile", "params/proxydr.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = _job_counts(result.stdout)
+    # 14 runs per seed (proxydr.md 4.5) + the untrained baseline, 5 seeds, one dataset
+    assert counts["train"] == counts["embed"] == counts["evaluate"] == 15 * 5
+    assert counts["prepare_dataset"] == counts["split_dataset"] == counts["aggregate"] == 1

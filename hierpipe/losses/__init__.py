@@ -6,46 +6,48 @@ Adding a loss: one new module defining a `ProxyClassifierLoss` subclass, plus on
 
 from __future__ import annotations
 
-import inspect
-
 from hierpipe.errors import HierpipeError
 from hierpipe.losses.base import ProxyClassifierLoss, ScaledCosineProxyLoss
+from hierpipe.losses.corr import CORRLoss
 from hierpipe.losses.normface import NormFaceLoss
 from hierpipe.losses.proxydr import ProxyDRLoss
 from hierpipe.losses.softmax import SoftmaxLoss
+from hierpipe.registry import check_hyperparameters
 
 LOSSES: dict[str, type[ProxyClassifierLoss]] = {
     "softmax": SoftmaxLoss,
     "normface": NormFaceLoss,
     "proxydr": ProxyDRLoss,
+    "corr": CORRLoss,
 }
+
+
+def loss_class(name: str) -> type[ProxyClassifierLoss]:
+    """The registered loss class `name`."""
+    if name not in LOSSES:
+        raise HierpipeError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
 
 
 def build_loss(
     name: str, num_classes: int, embedding_dim: int, **hyperparameters: object
 ) -> ProxyClassifierLoss:
     """Instantiate the registered loss `name`; `hyperparameters` go to its constructor."""
-    if name not in LOSSES:
-        raise HierpipeError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
-    cls = LOSSES[name]
-    accepted = [
-        p for p in inspect.signature(cls).parameters if p not in ("num_classes", "embedding_dim")
-    ]
-    unknown = sorted(set(hyperparameters) - set(accepted))
-    if unknown:
-        raise HierpipeError(
-            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for loss {name!r}; "
-            f"accepted: {', '.join(accepted) or 'none'}"
-        )
+    cls = loss_class(name)
+    check_hyperparameters(
+        cls, hyperparameters, f"loss {name!r}", skip=("num_classes", "embedding_dim")
+    )
     return cls(num_classes, embedding_dim, **hyperparameters)
 
 
 __all__ = [
     "LOSSES",
+    "CORRLoss",
     "NormFaceLoss",
     "ProxyClassifierLoss",
     "ProxyDRLoss",
     "ScaledCosineProxyLoss",
     "SoftmaxLoss",
     "build_loss",
+    "loss_class",
 ]

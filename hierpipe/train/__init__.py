@@ -1,5 +1,3 @@
-"""The training engine: optimiser, epochs, checkpoints and resume, model selection."""
-
-from hierpipe.train.engine import train_run
-
-__all__ = ["train_run"]
+"""Training: the engine (hierpipe.train.engine) and the training options it calls into
+(hierpipe.train.options). Nothing is imported here, so that reading an option's metadata
+does not pull in the backbone libraries."""

@@ -30,6 +30,7 @@ from hierpipe.data.transforms import build_transform
 from hierpipe.errors import HierpipeError
 from hierpipe.io import write_parquet_atomic
 from hierpipe.models import select_device
+from hierpipe.train.options import OptionContext, build_options
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class TrainingData:
     train: ImageTableDataset
     val: ImageTableDataset | None
     class_ids: list[int]
+    tree_dist: np.ndarray  # between the classifier's classes, in proxy-row order
 
 
 def seed_everything(seed: int) -> None:
@@ -57,7 +59,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
     The classifier has one row per class seen in training (all classes for a by-image split,
     the training classes for a class-disjoint one); validation keeps only those classes.
     """
-    samples, _ = read_dataset(config.data_dir)
+    samples, tree = read_dataset(config.data_dir)
     split, _ = read_split(config.split_path)
     table = samples.merge(split, on="sample_id", how="inner", validate="one_to_one")
     train = table[table["subset"] == "train"]
@@ -71,6 +73,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
         train=_image_dataset(config, train, class_ids, train_transform),
         val=_image_dataset(config, val, class_ids, eval_transform) if len(val) else None,
         class_ids=class_ids,
+        tree_dist=tree.distance_matrix()[np.ix_(class_ids, class_ids)],
     )
 
 
@@ -104,20 +107,27 @@ def train_run(
         _write_log([], log_path)
         return
     loss.to(device)
+    options = build_options(config.training_options)
+    context = OptionContext(loss, data.tree_dist, config.train.lr, config.seed, device)
+    for option in options:
+        option.setup(context)  # may freeze the proxies: the optimiser takes what still learns
     optimizer = torch.optim.Adam(
-        [*net.parameters(), *loss.parameters()],
+        [p for p in (*net.parameters(), *loss.parameters()) if p.requires_grad],
         lr=config.train.lr,
         weight_decay=config.train.weight_decay,
     )
     checkpoint_path = Path(checkpoint_dir) / "last.pt"
-    state = _resume(checkpoint_path, config, net, loss, optimizer)
+    state = _resume(checkpoint_path, config, net, loss, optimizer, options)
 
     epochs = range(state["epoch"], config.train.epochs)
     for epoch in tqdm(epochs, desc=config.run_id, disable=None, initial=state["epoch"]):
         started = time.perf_counter()
-        train_loss = _train_epoch(config, data, net, loss, optimizer, device, epoch)
+        train_loss = _train_epoch(config, data, net, loss, optimizer, options, device, epoch)
         val_top1 = _validate(data, net, loss, device)
-        state["log"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_top1": val_top1})
+        option_values = {k: v for option in options for k, v in option.log_values().items()}
+        state["log"].append(
+            {"epoch": epoch + 1, "train_loss": train_loss, "val_top1": val_top1, **option_values}
+        )
         # '>' keeps the earliest of equally good epochs; without validation the last one wins
         if math.isnan(val_top1) or val_top1 > state["best_val"]:
             state["best_val"] = val_top1
@@ -125,7 +135,7 @@ def train_run(
             state["best_net"] = copy.deepcopy(net.state_dict())
             state["best_loss"] = copy.deepcopy(loss.state_dict())
         state["epoch"] = epoch + 1
-        _save_checkpoint(checkpoint_path, config, net, loss, optimizer, state)
+        _save_checkpoint(checkpoint_path, config, net, loss, optimizer, options, state)
         log.info(
             "%s epoch %d/%d loss %.4f val_top1 %.4f (%.1fs)",
             config.run_id,
@@ -148,7 +158,7 @@ def train_run(
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def _train_epoch(config, data, net, loss, optimizer, device, epoch: int) -> float:
+def _train_epoch(config, data, net, loss, optimizer, options, device, epoch: int) -> float:
     net.train()
     loss.train()
     # a generator per epoch makes the batch order a function of (seed, epoch): resumable
@@ -176,6 +186,8 @@ def _train_epoch(config, data, net, loss, optimizer, device, epoch: int) -> floa
             )
         optimizer.zero_grad(set_to_none=True)
         value.backward()
+        for option in options:
+            option.on_batch(embeddings.detach().float(), labels)
         optimizer.step()
         total += value.item() * len(labels)
         count += len(labels)
@@ -207,7 +219,7 @@ def _initial_state() -> dict:
     }
 
 
-def _resume(path: Path, config: RunConfig, net, loss, optimizer) -> dict:
+def _resume(path: Path, config: RunConfig, net, loss, optimizer, options) -> dict:
     if not path.exists():
         return _initial_state()
     checkpoint = load_torch(path, "training checkpoint")
@@ -219,6 +231,8 @@ def _resume(path: Path, config: RunConfig, net, loss, optimizer) -> dict:
         net.load_state_dict(checkpoint["net"])
         loss.load_state_dict(checkpoint["loss"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        for option, option_state in zip(options, checkpoint["options"], strict=True):
+            option.load_state_dict(option_state)
     except (RuntimeError, ValueError, KeyError) as error:
         raise HierpipeError(
             f"{path}: checkpoint does not fit the configured model ({str(error).splitlines()[0]})"
@@ -228,13 +242,16 @@ def _resume(path: Path, config: RunConfig, net, loss, optimizer) -> dict:
     return checkpoint["state"]
 
 
-def _save_checkpoint(path: Path, config: RunConfig, net, loss, optimizer, state: dict) -> None:
+def _save_checkpoint(
+    path: Path, config: RunConfig, net, loss, optimizer, options, state: dict
+) -> None:
     save_torch_atomic(
         {
             "config": config.to_dict(),
             "net": net.state_dict(),
             "loss": loss.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "options": [option.state_dict() for option in options],
             "torch_rng": torch.get_rng_state(),
             "state": state,
         },
@@ -243,5 +260,6 @@ def _save_checkpoint(path: Path, config: RunConfig, net, loss, optimizer, state:
 
 
 def _write_log(rows: list[dict], path: str | Path) -> None:
-    frame = pd.DataFrame(rows, columns=list(LOG_COLUMNS)).astype(LOG_COLUMNS)
-    write_parquet_atomic(frame, path)
+    """Per-epoch log: the engine's columns plus whatever the training options report."""
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(LOG_COLUMNS))
+    write_parquet_atomic(frame.astype(LOG_COLUMNS), path)

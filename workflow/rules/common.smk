@@ -1,5 +1,5 @@
 # Helpers shared by the rules: the run grid and each run's resolved config.
-from hierpipe.config import RUN_ID_PATTERN, check_params, resolve_run_config, run_id
+from hierpipe.config import RUN_ID_PATTERN, check_params, grid, resolve_run_config, run_id
 
 # Beyond the schema: dataset, loss and backbone names must exist, before any job starts.
 check_params(config)
@@ -8,9 +8,7 @@ RESULTS = f"results/{config['experiment']}"
 RUN_DIR = RESULTS + "/{dataset}/{run}"
 LOGS = f"logs/{config['experiment']}"
 BENCHMARKS = f"logs/benchmarks/{config['experiment']}"
-RUNS = {
-    run_id(model, seed): (model, seed) for model in config["runs"] for seed in config["seeds"]
-}
+RUNS = {run_id(*run): run for run in grid(config)}
 
 
 wildcard_constraints:
@@ -20,8 +18,7 @@ wildcard_constraints:
 
 def run_config(wildcards):
     """The resolved config of a run, as a plain dict (Snakemake reruns a job when it changes)."""
-    model, seed = RUNS[wildcards.run]
-    return resolve_run_config(config, wildcards.dataset, model, seed).to_dict()
+    return resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run]).to_dict()
 
 
 def split_file(wildcards):

@@ -1,0 +1,112 @@
+"""The interface between the training engine and a training option (proxydr.md section 4).
+
+An option is a named entry in params, never a branch in the training loop: the engine calls
+its hooks at fixed points and stores its state in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hierpipe.errors import HierpipeError
+from hierpipe.losses.base import ProxyClassifierLoss, ScaledCosineProxyLoss
+
+
+@dataclass(frozen=True)
+class OptionContext:
+    """What an option may use in `setup`.
+
+    `tree_dist` holds the C x C tree distances between the classifier's classes, rows and
+    columns in proxy-row order; `lr` is the training learning rate.
+    """
+
+    loss: ProxyClassifierLoss
+    tree_dist: np.ndarray
+    lr: float
+    seed: int
+    device: torch.device
+
+
+class TrainingOption(ABC):
+    """A training option; every hook but `setup` is an optional no-op by default.
+
+    Hook order per run: `setup` once (before the optimiser is built and before a checkpoint
+    is restored), then `on_batch` for every training batch, `log_values` once per epoch.
+    """
+
+    freezes_proxies: bool = False
+    """The proxies get no gradient: the engine leaves them out of the optimiser."""
+
+    fixes_proxies: bool = False
+    """The proxies are set once in `setup` and never move (what CORR needs, section 3.5)."""
+
+    proxies_from_hierarchy: bool = False
+    """The proxies are fitted to the true class tree, so their hierarchy scores measure that
+    fit rather than learning (section 10, Q17)."""
+
+    @abstractmethod
+    def setup(self, context: OptionContext) -> None:
+        """Prepare the option for `context.loss`; subclasses call this first."""
+        # params checking should have refused the loss already; fail loudly if it did not
+        self.check_compatible(type(context.loss).__name__, type(context.loss))
+        if self.freezes_proxies:
+            context.loss.proxies.requires_grad_(False)
+
+    def on_batch(self, embeddings: Tensor, labels: Tensor) -> None:  # noqa: B027
+        """React to one training batch, after its backward pass and before the optimiser step.
+
+        So the option sees the proxies the forward pass used, as the public code computes its
+        dynamic-scale statistics; EMA's proxies get no gradient, so the optimiser step does
+        not touch them either way. `embeddings` (N, D) are detached float32 values from the
+        forward pass, `labels` (N,) the proxy rows of their classes.
+        """
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume bitwise: tensors and plain Python values only."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027
+        """Restore what `state_dict` returned; called after `setup`."""
+
+    def log_values(self) -> dict[str, float]:
+        """Values for the per-epoch training log."""
+        return {}
+
+    @classmethod  # noqa: B027
+    def check_compatible(cls, loss_name: str, loss_class: type[ProxyClassifierLoss]) -> None:
+        """Raise HierpipeError when the option cannot train the loss `loss_name`."""
+
+
+def require_unit_proxies(
+    option: str, loss_name: str, loss_class: type[ProxyClassifierLoss]
+) -> None:
+    """Refuse a loss whose proxies are not directions on the unit sphere (softmax)."""
+    if not issubclass(loss_class, ScaledCosineProxyLoss):
+        raise HierpipeError(
+            f"training option {option!r} places unit-length proxies, but loss {loss_name!r} "
+            f"({loss_class.__name__}) uses unnormalised classifier weights"
+        )
+
+
+def check_positive(
+    name: str, value: object, *, integer: bool = False, maximum: float = math.inf
+) -> None:
+    """Raise unless `value` is a finite number > 0 (an int if `integer`) and <= `maximum`."""
+    kinds = (int,) if integer else (int, float)
+    # bool is an int subclass; True as a hyperparameter is always a config mistake.
+    valid = (
+        not isinstance(value, bool)
+        and isinstance(value, kinds)
+        and math.isfinite(value)
+        and 0 < value <= maximum
+    )
+    if not valid:
+        kind = "an integer" if integer else "a number"
+        high = "" if maximum == math.inf else f" and <= {maximum:g}"
+        raise HierpipeError(f"{name} must be {kind} > 0{high}, got {value!r}")
