@@ -43,6 +43,7 @@ SECTIONS = {
         "hierarchy/prototype/classwise_spearman_noself": "classwise rho, no self",
         "hierarchy/prototype/elementwise_spearman": "elementwise rho",
         "hierarchy/prototype/norm_rf": "RF (normalised)",
+        "hierarchy/random_vectors/classwise_spearman": "chance: classwise rho of random vectors",
     },
     "Retrieval": {
         "retrieval/recall@1": "R@1",

@@ -34,7 +34,16 @@ class SplitConfig:
 
     @property
     def name(self) -> str:
-        return f"{self.scheme}-seed{self.seed}"
+        """Readable and unique per split: experiments that split differently never share it."""
+        fractions = "-".join(
+            f"{subset}{fraction * 100:g}" for subset, fraction in self.fractions.items()
+        )
+        return f"{self.scheme}-{fractions}-seed{self.seed}"
+
+    @property
+    def fractions_arg(self) -> str:
+        """The fractions as `hierpipe data split --fractions` takes them."""
+        return ",".join(f"{subset}={fraction!r}" for subset, fraction in self.fractions.items())
 
 
 @dataclass(frozen=True)
@@ -232,7 +241,8 @@ def read_run_config(path: str | Path) -> RunConfig:
 
 
 def write_yaml_atomic(data: Any, path: str | Path) -> None:
-    write_text_atomic(yaml.safe_dump(data, sort_keys=True), path)
+    # insertion order, not sorted: the order of split fractions decides the split
+    write_text_atomic(yaml.safe_dump(data, sort_keys=False), path)
 
 
 def _build(cls: type, data: Mapping[str, Any], source: str) -> Any:

@@ -4,7 +4,8 @@ Measures are named `<group>/<kind>/<measure>`:
 - `classification/logits/...` from the model's own classifier, `classification/prototype/...`
   from the nearest class prototype (closed-set splits only);
 - `retrieval/...` on the evaluation subset, each item querying all others;
-- `hierarchy/<proxy|prototype>/...` between class representatives and the true tree.
+- `hierarchy/<proxy|prototype>/...` between class representatives and the true tree, and
+  `hierarchy/random_vectors/...`, the same measures for random unit vectors (chance level).
 """
 
 from __future__ import annotations
@@ -68,7 +69,15 @@ def evaluate_run(
     metrics.update(_classification(embeddings, subset, representatives, tree, tree_dist))
     metrics.update(_retrieval(config, embeddings, subset, tree_dist))
     for kind, group in representatives.groupby("kind", sort=True):
-        metrics.update(_hierarchy(kind, group, tree, tree_dist))
+        vectors = np.stack(group["vector"].to_numpy())
+        metrics.update(_hierarchy(kind, group["class_id"].to_numpy(), vectors, tree, tree_dist))
+    # chance level of every hierarchy measure: random unit vectors, one per class (proxydr.md 9)
+    chance = np.random.default_rng(config.seed).standard_normal(
+        (tree.num_classes, config.backbone.embedding_dim)
+    )
+    metrics.update(
+        _hierarchy("random_vectors", np.arange(tree.num_classes), chance, tree, tree_dist)
+    )
     document = {
         "run": config.run_id,
         "dataset": config.dataset,
@@ -158,13 +167,12 @@ def _retrieval(
 
 
 def _hierarchy(
-    kind: str, group: pd.DataFrame, tree: ClassTree, tree_dist: np.ndarray
+    kind: str, class_ids: np.ndarray, vectors: np.ndarray, tree: ClassTree, tree_dist: np.ndarray
 ) -> dict[str, float]:
     """Agreement of representative distances (chord, on the unit sphere) with tree distances."""
-    class_ids = group["class_id"].to_numpy()
     if len(class_ids) < 3:
         return {}
-    vectors = np.stack(group["vector"].to_numpy()).astype(np.float64)
+    vectors = vectors.astype(np.float64)
     rep_dist = pairwise_distances(torch.from_numpy(vectors), torch.from_numpy(vectors), "chord")
     rep_dist = rep_dist.numpy()
     np.fill_diagonal(rep_dist, 0.0)

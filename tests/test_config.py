@@ -17,9 +17,12 @@ def test_resolved_config_round_trips_through_yaml(tiny_params, tmp_path):
     assert config.training_options == {"dynamic_scale": {}}
     assert config.hyperparameters == {"scale": 10.0}
     assert config.train.epochs == 2 and config.train.weight_decay == 0.0  # schema default
-    assert str(config.split_path) == "data/shapes/splits/by_image-seed0.parquet"
+    split_name = "by_image-train50-val25-test25-seed0"
+    assert str(config.split_path) == f"data/shapes/splits/{split_name}.parquet"
     write_run_config(config, tmp_path / "config.yaml")
     assert read_run_config(tmp_path / "config.yaml") == config
+    # dict equality ignores order, but the split's name (and content) depend on it
+    assert read_run_config(tmp_path / "config.yaml").split_path == config.split_path
 
 
 def test_untrained_baseline_has_no_loss(tiny_params):

@@ -10,7 +10,7 @@ import torch
 from conftest import validated
 
 from hierpipe.artifacts import load_model
-from hierpipe.config import resolve_run_config
+from hierpipe.config import SplitConfig, resolve_run_config
 from hierpipe.data import make_split, prepare_dataset, read_classes
 from hierpipe.embed import export_embeddings
 from hierpipe.embeddings import read_embeddings, read_representatives, write_embeddings
@@ -28,8 +28,8 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     shapes = TINY_PARAMS["datasets"]["shapes"]
     prepare_dataset("shapes", root / "shapes", shapes["prepare"])
-    split = shapes["split"]
-    make_split(root / "shapes", "by_image-seed0", "by_image", split["fractions"], 0)
+    split = SplitConfig(**shapes["split"])
+    make_split(root / "shapes", split.name, split.scheme, split.fractions, split.seed)
     return root
 
 
@@ -182,7 +182,7 @@ def test_corrupt_png_fails_training_naming_the_file(tiny_params, data_root, tmp_
     copy_root = tmp_path / "data"
     shutil.copytree(data_root, copy_root)
     samples = pd.read_parquet(copy_root / "shapes/samples.parquet")
-    split = pd.read_parquet(copy_root / "shapes/splits/by_image-seed0.parquet")
+    split = pd.read_parquet(_config(tiny_params, copy_root).split_path)
     train_ids = split.loc[split["subset"] == "train", "sample_id"]
     victim = copy_root / "shapes" / samples.set_index("sample_id").loc[train_ids.iloc[0], "path"]
     victim.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")

@@ -128,6 +128,16 @@ def test_scale_updates_drive_the_residual_to_zero(
     assert loss.scale.item() == option.log_s.exp().item()
 
 
+def _batch_statistics(option, loss, embeddings, labels) -> tuple[float, np.ndarray, float]:
+    """Scale, cosines to the proxies and the capped lower-median target angle, in NumPy."""
+    s = option.log_s.exp().item()
+    z = F.normalize(embeddings.double(), dim=1).numpy()
+    w = F.normalize(loss.proxies.detach().double(), dim=1).numpy()
+    cos = z @ w.T
+    target = np.arccos(0.999999 * np.clip(cos[np.arange(len(labels)), labels.numpy()], -1, 1))
+    return s, cos, min(math.pi / 4, np.sort(target)[(len(target) - 1) // 2])  # lower median
+
+
 @pytest.mark.parametrize("dr_numerator", ["public_code", "consistent"])
 def test_proxydr_residual_and_gradient_match_hand_computation(dr_numerator: str) -> None:
     torch.manual_seed(1)
@@ -138,13 +148,8 @@ def test_proxydr_residual_and_gradient_match_hand_computation(dr_numerator: str)
     residual = option.batch_residual(embeddings, labels)
     residual.backward()
 
-    s = option.log_s.exp().item()
-    z = F.normalize(embeddings.double(), dim=1).numpy()
-    w = F.normalize(loss.proxies.detach().double(), dim=1).numpy()
-    cos = z @ w.T
+    s, cos, theta_med = _batch_statistics(option, loss, embeddings, labels)
     rows = np.arange(len(labels))
-    target = np.arccos(0.999999 * np.clip(cos[rows, labels.numpy()], -1, 1))
-    theta_med = min(math.pi / 4, np.sort(target)[(len(target) - 1) // 2])  # lower median
     exponent = math.sqrt(s) if dr_numerator == "public_code" else s / 2
     numerators = (2 - 2 * cos) ** -exponent
     numerators[rows, labels.numpy()] = 0
@@ -167,13 +172,8 @@ def test_normface_residual_matches_hand_computation() -> None:
     option = DynamicScale()
     option.setup(_context(loss))
 
-    s = option.log_s.exp().item()
-    z = F.normalize(embeddings.double(), dim=1).numpy()
-    w = F.normalize(loss.proxies.detach().double(), dim=1).numpy()
-    cos = z @ w.T
+    s, cos, theta = _batch_statistics(option, loss, embeddings, labels)
     rows = np.arange(len(labels))
-    target = np.arccos(0.999999 * np.clip(cos[rows, labels.numpy()], -1, 1))
-    theta = min(math.pi / 4, np.sort(target)[(len(target) - 1) // 2])
     numerators = np.exp(s * cos)
     numerators[rows, labels.numpy()] = 0
     b_avg = numerators.sum() / len(labels)

@@ -35,9 +35,15 @@ def prepare_source(wildcards):
     return f"--source '{source}'" if source else ""
 
 
-def split_fractions(wildcards):
-    fractions = config["datasets"][wildcards.dataset]["split"]["fractions"]
-    return ",".join(f"{subset}={fraction}" for subset, fraction in fractions.items())
+def dataset_split(wildcards):
+    """The dataset's split settings; the requested file name must be the one they give."""
+    split = resolve_run_config(config, wildcards.dataset, *next(iter(RUNS.values()))).split
+    if wildcards.split != split.name:
+        raise ValueError(
+            f"data/{wildcards.dataset}/splits/{wildcards.split}.parquet is not the split "
+            f"params define for {wildcards.dataset} ({split.name})"
+        )
+    return split
 
 
 def all_metrics():

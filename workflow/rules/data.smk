@@ -1,4 +1,4 @@
-# Datasets: download (or generate) and prepare, then a deterministic split per scheme/seed.
+# Datasets: download (or generate) and prepare, then the deterministic split params define.
 
 
 rule prepare_dataset:
@@ -22,14 +22,15 @@ rule split_dataset:
         samples="data/{dataset}/samples.parquet",
         classes="data/{dataset}/classes.parquet",
     output:
-        "data/{dataset}/splits/{scheme}-seed{seed}.parquet",
+        "data/{dataset}/splits/{split}.parquet",
     params:
-        fractions=split_fractions,
+        split=dataset_split,
     log:
-        "logs/data/{dataset}/split-{scheme}-seed{seed}.log",
+        "logs/data/{dataset}/split-{split}.log",
     benchmark:
-        "logs/benchmarks/data/{dataset}/split-{scheme}-seed{seed}.tsv"
+        "logs/benchmarks/data/{dataset}/split-{split}.tsv"
     shell:
-        "hierpipe data split data/{wildcards.dataset} --name {wildcards.scheme}-seed{wildcards.seed}"
-        " --scheme {wildcards.scheme} --seed {wildcards.seed} --fractions {params.fractions}"
+        "hierpipe data split data/{wildcards.dataset} --name {wildcards.split}"
+        " --scheme {params.split.scheme} --seed {params.split.seed}"
+        " --fractions {params.split.fractions_arg}"
         " > {log} 2>&1"
