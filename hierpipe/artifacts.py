@@ -58,7 +58,7 @@ def build_network(
         config.backbone.name,
         config.backbone.embedding_dim,
         # the untrained baseline is judged by directions only, like the normalised models
-        normalize=True if loss is None else loss.normalized_embeddings,
+        head="sphere" if (loss is None or loss.normalized_embeddings) else "euclidean",
         pretrained=config.backbone.pretrained and initial_weights,
         weights=config.backbone.weights if initial_weights else None,
     )

@@ -13,11 +13,16 @@ from hierpipe.losses import (
     LOSSES,
     CORRLoss,
     NormFaceLoss,
+    ProxyAnchorLoss,
     ProxyClassifierLoss,
     ProxyDRLoss,
     SoftmaxLoss,
     build_loss,
 )
+
+# The registered losses with one proxy per class (the pair-based ones are tested in
+# test_losses_metric.py).
+PROXY_LOSSES = sorted(n for n, cls in LOSSES.items() if issubclass(cls, ProxyClassifierLoss))
 
 
 def _cross_entropy(logits: list[float], label: int) -> float:
@@ -90,7 +95,7 @@ def test_proxydr_is_finite_when_embedding_coincides_with_its_proxy() -> None:
     assert value.item() == pytest.approx(0.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", PROXY_LOSSES)
 def test_gradients_match_finite_differences(name: str) -> None:
     torch.manual_seed(0)
     loss = build_loss(name, num_classes=3, embedding_dim=4).double()
@@ -126,7 +131,7 @@ def test_scale_can_be_changed_in_place(cls: type[ProxyClassifierLoss]) -> None:
     torch.testing.assert_close(loss.logits(embeddings), 3 * before)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", PROXY_LOSSES)
 def test_representatives_are_detached_unit_rows(name: str) -> None:
     loss = build_loss(name, num_classes=5, embedding_dim=7)
     reps = loss.representatives()
@@ -141,12 +146,13 @@ def test_normalized_embeddings_flags() -> None:
     assert ProxyDRLoss.normalized_embeddings is True
 
 
-def test_registry_holds_the_four_losses() -> None:
+def test_registry_holds_the_losses() -> None:
     expected = {
         "softmax": SoftmaxLoss,
         "normface": NormFaceLoss,
         "proxydr": ProxyDRLoss,
         "corr": CORRLoss,
+        "proxy_anchor": ProxyAnchorLoss,
     }
     assert expected == LOSSES
 
@@ -158,7 +164,7 @@ def test_build_loss_passes_hyperparameters() -> None:
 
 
 def test_build_loss_unknown_name_lists_known_names() -> None:
-    with pytest.raises(HierpipeError, match=r"'arcface'.*normface, proxydr, softmax"):
+    with pytest.raises(HierpipeError, match=r"'arcface'.*normface, proxy_anchor, proxydr, softmax"):
         build_loss("arcface", num_classes=3, embedding_dim=2)
 
 
@@ -194,7 +200,7 @@ def test_constructor_arguments_are_validated(kwargs: dict, match: str) -> None:
         (torch.randn(2, 2), torch.tensor([-1, 0]), r"labels must lie in \[0, 2\]"),
     ],
 )
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", PROXY_LOSSES)
 def test_forward_inputs_are_validated(
     name: str, embeddings: torch.Tensor, labels: torch.Tensor, match: str
 ) -> None:

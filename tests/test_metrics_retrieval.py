@@ -230,3 +230,97 @@ def test_nearest_neighbours_exclude_self_by_index_and_chunking(data):
 def test_nearest_neighbours_bad_input(kwargs, match):
     with pytest.raises(HierpipeError, match=match):
         nearest_neighbours(**({"query": np.eye(4, 2), "k": 1} | kwargs))
+
+
+# --- Poincaré distance (hier.md 8.1: HIER ranks by negative Poincaré distance) ---
+
+
+def _poincare_loop(a: np.ndarray, b: np.ndarray, c: float) -> float:
+    """hyptorch's (2/sqrt(c)) artanh(sqrt(c) ||(-a) (+)_c b||) for one pair, in float64."""
+    ab, a2, b2 = -float(a @ b), float(a @ a), float(b @ b)
+    mobius = ((1 + 2 * c * ab + c * b2) * -a + (1 - c * a2) * b) / (
+        1 + 2 * c * ab + c * c * a2 * b2
+    )
+    return 2 / math.sqrt(c) * math.atanh(math.sqrt(c) * float(np.linalg.norm(mobius)))
+
+
+def _brute_force_metrics(dist, query_labels, reference_labels, ks, same_source):
+    """Every metric from a full distance matrix, query by query (ties broken by index)."""
+    values = {f"recall@{k}": [] for k in ks} | {"precision@1": [], "r_precision": [], "map@r": []}
+    for i, row in enumerate(dist):
+        order = [j for j in np.argsort(row, kind="stable") if not (same_source and j == i)]
+        hits = [reference_labels[j] == query_labels[i] for j in order]
+        r = sum(hits)
+        if r == 0:
+            continue
+        for k in ks:
+            values[f"recall@{k}"].append(any(hits[:k]))
+        values["precision@1"].append(hits[0])
+        values["r_precision"].append(sum(hits[:r]) / r)
+        precisions = [sum(hits[: n + 1]) / (n + 1) for n in range(r) if hits[n]]
+        values["map@r"].append(sum(precisions) / r)
+    return {name: float(np.mean(v)) for name, v in values.items()}
+
+
+@pytest.fixture
+def ball_data(data) -> tuple[np.ndarray, np.ndarray, float]:
+    x, labels = data
+    c = 0.5
+    # to the ball by exp_0, with norms spread from the centre to close to the boundary
+    norm = np.linalg.norm(x, axis=1, keepdims=True).astype(np.float64)
+    radius = np.tanh(np.sqrt(c) * norm * np.linspace(0.1, 3.0, len(x))[:, None]) / np.sqrt(c)
+    return x / norm * radius * (1 - 1e-3), labels, c
+
+
+def test_poincare_retrieval_matches_a_float64_brute_force_loop(ball_data):
+    x, labels, c = ball_data
+    dist = np.array([[_poincare_loop(a, b, c) for b in x] for a in x])
+    ks = (1, 2, 4, 8, 16)
+    got = retrieval_metrics(x, labels, ks=ks, distance="poincare", curvature=c, chunk_size=37)
+    expected = _brute_force_metrics(dist, labels, labels, ks, same_source=True)
+    assert got == pytest.approx(expected, abs=1e-12)
+    # the hyperbolic ranking is not the cosine one on these points
+    assert got != pytest.approx(retrieval_metrics(x, labels, ks=ks), abs=1e-6)
+
+    query, reference = x[:100], x[100:]
+    got = retrieval_metrics(
+        query, labels[:100], reference, labels[100:], ks=ks, distance="poincare", curvature=c
+    )
+    expected = _brute_force_metrics(dist[:100, 100:], labels[:100], labels[100:], ks, False)
+    assert got == pytest.approx(expected, abs=1e-12)
+
+    neighbours = nearest_neighbours(x, 5, distance="poincare", curvature=c, chunk_size=11)
+    same = np.array(dist)
+    np.fill_diagonal(same, np.inf)
+    np.testing.assert_array_equal(neighbours, np.argsort(same, axis=1)[:, :5])
+
+
+def test_poincare_retrieval_is_float64_by_default():
+    # two references 1e-12 apart in norm near the boundary: equal in float32, not in float64
+    c = 0.1
+    direction = np.array([[0.6, 0.8]])
+    radius = (1 - 1e-3) / math.sqrt(c)
+    reference = np.concatenate([direction * radius, direction * radius * (1 - 1e-12)])
+    query = np.zeros((1, 2))
+    got = nearest_neighbours(query, 1, reference, distance="poincare", curvature=c)
+    assert got.tolist() == [[1]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"distance": "poincare"}, "curvature: required for distance 'poincare'"),
+        ({"distance": "poincare", "curvature": 0.0}, r"curvature: must be > 0, got 0\.0"),
+        ({"curvature": 0.1}, "curvature: only applies to distance 'poincare'"),
+        (
+            {"distance": "poincare", "curvature": 4.0},
+            r"query: expected points strictly inside the Poincaré ball",
+        ),
+    ],
+)
+def test_poincare_bad_input(kwargs, match):
+    args = {"query": np.eye(4, 2) * 0.9, "query_labels": np.array([A, A, B, B])} | kwargs
+    with pytest.raises(HierpipeError, match=match):
+        retrieval_metrics(**args)
+    with pytest.raises(HierpipeError, match=match):
+        nearest_neighbours(**({"query": args["query"], "k": 1} | kwargs))

@@ -10,13 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hierpipe.errors import HierpipeError
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    # bool is an int subclass; True as a class count is always a config mistake.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise HierpipeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+from hierpipe.losses.checks import check_batch, check_int
 
 
 class ProxyClassifierLoss(nn.Module, ABC):
@@ -35,8 +29,8 @@ class ProxyClassifierLoss(nn.Module, ABC):
 
     def __init__(self, num_classes: int, embedding_dim: int) -> None:
         super().__init__()
-        self.num_classes = _check_int("num_classes", num_classes, 2)
-        self.embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
+        self.num_classes = check_int("num_classes", num_classes, 2)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
 
     @abstractmethod
     def logits(self, embeddings: Tensor) -> Tensor:
@@ -57,13 +51,7 @@ class ProxyClassifierLoss(nn.Module, ABC):
                 f"embeddings must have shape (N, {self.embedding_dim}), "
                 f"got {tuple(embeddings.shape)}"
             )
-        if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-            raise HierpipeError(
-                f"labels must have shape ({embeddings.shape[0]},) to match the embeddings, "
-                f"got {tuple(labels.shape)}"
-            )
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise HierpipeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        check_batch(embeddings, labels)
         # An out-of-range label on CUDA is a device-side assert that kills the process, so
         # check here at the cost of one synchronisation.
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from hierpipe.errors import HierpipeError
-from hierpipe.geometry import METRICS, pairwise_distances
+from hierpipe.geometry import check_metric, pairwise_distances
 from hierpipe.metrics._validate import as_tensor, check_count, check_ks, check_labels
 
 Array = np.ndarray | torch.Tensor
@@ -30,10 +30,29 @@ def _relevant_counts(query_labels: torch.Tensor, reference_labels: torch.Tensor)
     return torch.where(classes[pos] == query_labels, counts[pos], 0)
 
 
+def _check_in_ball(name: str, x: torch.Tensor, curvature: float) -> None:
+    if not (curvature * x.pow(2).sum(dim=1) < 1).all():
+        raise HierpipeError(
+            f"{name}: expected points strictly inside the Poincaré ball of radius "
+            f"1/sqrt({curvature}), found a row with norm >= {curvature**-0.5:.6g}"
+        )
+
+
 def _search_space(
-    query: Array, reference: Array | None, distance: str, chunk_size: int, dtype: torch.dtype
+    query: Array,
+    reference: Array | None,
+    distance: str,
+    curvature: float | None,
+    chunk_size: int,
+    dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated query and reference embeddings (the query itself when ``reference`` is None)."""
+    """Validated query and reference embeddings (the query itself when ``reference`` is None),
+    in ``dtype``: by default float64 for ``poincare``, where 1 - c||x||^2 near the boundary
+    needs it to separate near ties (hier.md 3.3), else float32."""
+    check_metric(distance, curvature, "distance")
+    check_count("chunk_size", chunk_size)
+    if dtype is None:
+        dtype = torch.float64 if distance == "poincare" else torch.float32
     q = _embeddings("query", query, dtype)
     if reference is None:
         ref = q
@@ -43,9 +62,9 @@ def _search_space(
             raise HierpipeError(
                 f"reference: expected dimension {q.shape[1]} like query, got {ref.shape[1]}"
             )
-    if distance not in METRICS:
-        raise HierpipeError(f"distance: unknown {distance!r}, expected one of {', '.join(METRICS)}")
-    check_count("chunk_size", chunk_size)
+    if distance == "poincare":
+        _check_in_ball("query", q, curvature)
+        _check_in_ball("reference", ref, curvature)
     return q, ref
 
 
@@ -55,6 +74,7 @@ def _neighbour_chunks(
     rows: torch.Tensor,
     depth: int,
     distance: str,
+    curvature: float | None,
     self_reference: bool,
     chunk_size: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -62,7 +82,7 @@ def _neighbour_chunks(
     queries ``q[rows]``, nearest first; memory is O(chunk_size x len(ref))."""
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start : start + chunk_size]
-        dist = pairwise_distances(q[chunk], ref, distance)
+        dist = pairwise_distances(q[chunk], ref, distance, curvature)
         if self_reference:
             dist[torch.arange(len(chunk), device=q.device), chunk] = float("inf")
         yield chunk, torch.topk(dist, depth, dim=1, largest=False).indices
@@ -74,25 +94,26 @@ def nearest_neighbours(
     reference: Array | None = None,
     distance: str = "cosine",
     *,
+    curvature: float | None = None,
     chunk_size: int = 1024,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """(Nq, k) indices into ``reference`` of each query's k nearest references, nearest first.
 
     Without ``reference`` the query set is its own reference and each query's own row is
     excluded by index (proxydr.md 6.4: "the first element of the sorted order is dropped").
-    k larger than the number of available references is an error. Chunked and computed in
-    ``dtype`` as in ``retrieval_metrics``; the order among equally distant references is
-    unspecified.
+    k larger than the number of available references is an error. ``distance``, ``curvature``,
+    chunking and ``dtype`` as in ``retrieval_metrics``; the order among equally distant
+    references is unspecified.
     """
-    q, ref = _search_space(query, reference, distance, chunk_size, dtype)
+    q, ref = _search_space(query, reference, distance, curvature, chunk_size, dtype)
     self_reference = reference is None
     k = check_count("k", k)
     available = len(ref) - int(self_reference)
     if k > available:
         raise HierpipeError(f"k: expected at most {available} (the available references), got {k}")
     rows = torch.arange(len(q), device=q.device)
-    chunks = _neighbour_chunks(q, ref, rows, k, distance, self_reference, chunk_size)
+    chunks = _neighbour_chunks(q, ref, rows, k, distance, curvature, self_reference, chunk_size)
     return torch.cat([neighbours for _, neighbours in chunks]).cpu().numpy()
 
 
@@ -104,8 +125,9 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 2, 4, 8),
     distance: str = "cosine",
     *,
+    curvature: float | None = None,
     chunk_size: int = 1024,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Recall@k for each k in ``ks``, ``precision@1``, ``r_precision`` and ``map@r``.
 
@@ -117,10 +139,13 @@ def retrieval_metrics(
     Queries with R = 0 are left out of every average, as ``AccuracyCalculator`` does with
     its "lone" queries (it has no Recall@k; the same rule keeps recall@1 == precision@1).
     If no query has R > 0, every value is NaN. A k larger than the number of available
-    references is clamped to it. Queries are processed ``chunk_size`` at a time, so memory
-    is O(chunk_size x len(reference)); computation is in ``dtype``.
+    references is clamped to it. ``distance`` is one of ``hierpipe.geometry.METRICS``;
+    ``poincare`` ranks by Poincaré distance (HIER's test-time similarity is its negative,
+    hier.md 8.1), needs ``curvature`` and embeddings strictly inside that ball. Queries are
+    processed ``chunk_size`` at a time, so memory is O(chunk_size x len(reference));
+    computation is in ``dtype``, by default float64 for ``poincare`` and float32 otherwise.
     """
-    q, ref = _search_space(query, reference, distance, chunk_size, dtype)
+    q, ref = _search_space(query, reference, distance, curvature, chunk_size, dtype)
     q_labels = check_labels("query_labels", as_tensor("query_labels", query_labels), len(q))
     q_labels = q_labels.to(q.device)
     self_reference = reference is None
@@ -146,7 +171,9 @@ def retrieval_metrics(
     depth = min(max(*ks, int(r_counts.max())), available)
     ranks = torch.arange(1, depth + 1, device=q.device, dtype=torch.float64)
     sums = dict.fromkeys(names, 0.0)
-    chunks = _neighbour_chunks(q, ref, scored, depth, distance, self_reference, chunk_size)
+    chunks = _neighbour_chunks(
+        q, ref, scored, depth, distance, curvature, self_reference, chunk_size
+    )
     for rows, neighbours in chunks:
         hit = ref_labels[neighbours] == q_labels[rows, None]
         r = r_counts[rows].double()

@@ -1,5 +1,5 @@
-"""Embedding networks: a timm backbone with a linear embedding head."""
+"""Embedding networks: a timm backbone with a Euclidean, spherical or Poincaré embedding head."""
 
-from hierpipe.models.embedding_net import EmbeddingNet, load_backbone_weights, select_device
+from hierpipe.models.embedding_net import HEADS, EmbeddingNet, load_backbone_weights, select_device
 
-__all__ = ["EmbeddingNet", "load_backbone_weights", "select_device"]
+__all__ = ["HEADS", "EmbeddingNet", "load_backbone_weights", "select_device"]

@@ -1,4 +1,4 @@
-"""Backbone plus linear embedding head (proxydr.md section 3.1)."""
+"""Backbone plus linear embedding head (proxydr.md section 3.1, hier.md section 4.2)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hierpipe.errors import HierpipeError
+from hierpipe.geometry import ToPoincare
 
 ALLOW_DOWNLOAD_ENV = "HIERPIPE_ALLOW_DOWNLOAD"
+
+HEADS = ("euclidean", "sphere", "poincare")
 
 # How many offending state-dict keys an error message lists before summarising.
 _KEYS_SHOWN = 5
@@ -92,8 +95,30 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, backbone_name: 
     backbone.load_state_dict(state, strict=True)
 
 
+class _UnitSphere(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1)
+
+
+def _to_space(head: str, curvature: float, clip_r: float) -> nn.Module:
+    """The map from the linear head's output into the embedding space named by `head`."""
+    if head == "euclidean":
+        return nn.Identity()
+    if head == "sphere":
+        return _UnitSphere()
+    if head == "poincare":
+        return ToPoincare(curvature, clip_r, riemannian=True)
+    raise HierpipeError(f"head: unknown {head!r}, expected one of {', '.join(HEADS)}")
+
+
 class EmbeddingNet(nn.Module):
     """A timm backbone without classifier, followed by a linear head to `embedding_dim`.
+
+    `head` picks the embedding space: "euclidean" (the linear output as is), "sphere"
+    (L2-normalised) or "poincare", HIER's head (hier.md 4.2): LayerNorm without affine
+    parameters -> Linear (orthogonal weight, zero bias) -> `ToPoincare` with `curvature`,
+    `clip_r` and the Riemannian gradient rescaling. All heads keep the linear layer's
+    state-dict keys `head.weight` and `head.bias`.
 
     Weights are offline by default: `pretrained=True` loads the local state-dict file
     `weights` into the backbone; without `weights` it downloads from the timm hub, which
@@ -104,14 +129,18 @@ class EmbeddingNet(nn.Module):
         self,
         backbone: str,
         embedding_dim: int,
-        normalize: bool,
+        head: str,
         pretrained: bool = False,
         weights: str | Path | None = None,
         in_chans: int = 3,
+        curvature: float = 0.1,
+        clip_r: float = 2.3,
     ) -> None:
         super().__init__()
         _check_positive_int("embedding_dim", embedding_dim)
         _check_positive_int("in_chans", in_chans)
+        # built before the backbone, so that a bad head setting fails fast
+        to_space = _to_space(head, curvature, clip_r)
         if weights is not None and not pretrained:
             # A weights file with pretrained=False is contradictory; refuse rather than guess
             # which one the configuration meant.
@@ -128,13 +157,20 @@ class EmbeddingNet(nn.Module):
                 f"or set {ALLOW_DOWNLOAD_ENV}=1 to allow the download"
             )
 
-        self.normalize = normalize
+        self.head_type = head
         self.backbone = _create_backbone(backbone, download, in_chans)
         if weights is not None:
             load_backbone_weights(self.backbone, weights, backbone)
-        self.head = nn.Linear(self.backbone.num_features, embedding_dim)
+        num_features = self.backbone.num_features
+        self.feature_norm: nn.Module = nn.Identity()
+        self.head = nn.Linear(num_features, embedding_dim)
+        if head == "poincare":
+            # as released with HIER (hier.md 4.2); the other heads keep the ProxyDR setup
+            self.feature_norm = nn.LayerNorm(num_features, elementwise_affine=False)
+            nn.init.orthogonal_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        self.to_space = to_space
 
     def forward(self, images: Tensor) -> Tensor:
         """Embeddings (N, embedding_dim) of images (N, in_chans, H, W)."""
-        embeddings = self.head(self.backbone(images))
-        return F.normalize(embeddings, dim=1) if self.normalize else embeddings
+        return self.to_space(self.head(self.feature_norm(self.backbone(images))))

@@ -1,0 +1,263 @@
+"""The HIER regulariser: hierarchical proxies as learned LCAs (hier.md 5, 6.1-6.7, 6.10)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hierpipe.errors import HierpipeError
+from hierpipe.geometry import pairwise_distances, to_poincare
+from hierpipe.losses.checks import check_batch, check_in_ball, check_int, check_number
+
+# geometry -> pairwise_distances metric. "sphere" is hierpipe's HIERsph (hier.md 6.10: unit
+# proxies, 2 - 2cos); "euclidean" is a hierpipe variant. Neither exists in the public code.
+GEOMETRIES = {"poincare": "poincare", "sphere": "squared_chord", "euclidean": "euclidean"}
+
+# Initial tangent-space length of a proxy, as a fraction of clip_r (hier.md 5.1).
+_INIT_FRACTION = 0.9
+
+
+class HIERLoss(nn.Module):
+    """HIER (Kim, Jeong, Kwak, CVPR 2023): `L = L_part(samples) + L_part(proxies)` (hier.md 6.7).
+
+    `num_proxies` hierarchical proxies are stored as tangent vectors (parameter `proxies`,
+    initialised `N(0, I) * 0.9 clip_r / sqrt(D)`) and mapped into the ball by `to_poincare`
+    (with the Riemannian gradient scaling) on every forward (hier.md 5.1). Each part mines
+    triplets (i, j, k) from reciprocal top-k neighbours (6.3, 6.4), picks the pair's and the
+    triple's LCA among the proxies (6.5) and applies three margin hinges (6.6).
+
+    Embeddings are points of the ball (poincare), or any vectors (sphere, euclidean). Mining
+    positives are mutual neighbours, not same-class pairs: with one sample per class the
+    same-label bonus touches only the diagonal and mining runs on distances alone, as in the
+    public code. A part with no valid anchor (no sample with two mutual neighbours) contributes
+    0, where the public code crashes (hier.md H8); `last_stats` reports the triplet counts and
+    the fraction masked because both LCAs coincide (H8, H9). The public code's `topk` does
+    not adapt to the batch, so `topk` larger than the batch is an error, not clamped.
+
+    Randomness (triplet sampling, Gumbel noise) draws from `generator` when given, on the
+    generator's device, else from torch's global RNG. The LCA choice is the Gumbel sample in
+    training with `stochastic=True`, else the argmin. The two differ beyond noise on exact
+    ties, which proxy triplets have by construction: proxies i and j both score d(i, j) as
+    candidates for their own pair's LCA; the argmin takes the lower index.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_proxies: int = 512,
+        curvature: float = 0.1,
+        clip_r: float = 2.3,
+        margin: float = 0.1,
+        tau: float = 0.1,
+        topk: int = 20,
+        triplets_per_anchor: int = 50,
+        same_label_bonus: bool = True,
+        stochastic: bool = True,
+        geometry: str = "poincare",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
+        self.topk = check_int("topk", topk, 1)
+        self.num_proxies = check_int("num_proxies", num_proxies, max(self.topk, 2))
+        self.triplets_per_anchor = check_int("triplets_per_anchor", triplets_per_anchor, 1)
+        self.curvature = check_number("curvature", curvature, positive=True)
+        self.clip_r = check_number("clip_r", clip_r, positive=True)
+        self.margin = check_number("margin", margin)
+        self.tau = check_number("tau", tau, positive=True)
+        for name, flag in (("same_label_bonus", same_label_bonus), ("stochastic", stochastic)):
+            if not isinstance(flag, bool):
+                raise HierpipeError(f"{name} must be True or False, got {flag!r}")
+        if geometry not in GEOMETRIES:
+            raise HierpipeError(
+                f"geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}"
+            )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise HierpipeError(f"generator must be a torch.Generator or None, got {generator!r}")
+        self.same_label_bonus = same_label_bonus
+        self.stochastic = stochastic
+        self.geometry = geometry
+        self.generator = generator
+        scale = _INIT_FRACTION * self.clip_r / math.sqrt(embedding_dim)
+        self.proxies = nn.Parameter(torch.randn(num_proxies, embedding_dim) * scale)
+        self.last_stats: dict[str, float] = {}
+
+    def hierarchical_proxies(self) -> Tensor:
+        """The proxies as used by the loss (M, D): ball points, unit vectors or raw; detached."""
+        with torch.no_grad():
+            return self._mapped_proxies()
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        """HIER term of a batch (scalar): sample part + proxy part (hier.md 6.7)."""
+        check_batch(embeddings, labels)
+        if embeddings.shape[1] != self.embedding_dim:
+            raise HierpipeError(
+                f"embeddings must have shape (N, {self.embedding_dim}), "
+                f"got {tuple(embeddings.shape)}"
+            )
+        if self.geometry == "poincare":
+            check_in_ball(embeddings, self.curvature)
+        elif not bool(torch.isfinite(embeddings).all()):
+            raise HierpipeError("embeddings must be finite")
+        proxies = self._mapped_proxies()
+        with torch.no_grad():
+            similarities = torch.exp(-self._distances(embeddings, embeddings))
+            if self.same_label_bonus:
+                # Ranks same-class samples first among the neighbours (hier.md 6.3, H7).
+                similarities += labels[:, None] == labels[None, :]
+        to_proxies = self._distances(embeddings, proxies)
+        between_proxies = self._distances(proxies, proxies)
+        # Both mining draws come before any Gumbel draw, so that a seeded generator gives the
+        # same triplets in training and in eval mode.
+        sample_triplets = self.mine_triplets(similarities)
+        proxy_triplets = self.mine_triplets(torch.exp(-between_proxies.detach()))
+        stochastic = self.stochastic and self.training
+        sample_part, sample_masked = self._triplet_loss(to_proxies, sample_triplets, stochastic)
+        proxy_part, proxy_masked = self._triplet_loss(between_proxies, proxy_triplets, stochastic)
+        self.last_stats = {
+            "sample_triplets": len(sample_triplets),
+            "sample_masked": sample_masked,
+            "proxy_triplets": len(proxy_triplets),
+            "proxy_masked": proxy_masked,
+        }
+        loss = sample_part + proxy_part
+        if not bool(torch.isfinite(loss)):
+            raise HierpipeError(
+                f"HIER loss is {loss.item()} for finite embeddings: the hierarchical proxies "
+                "are no longer finite"
+            )
+        return loss
+
+    def mine_triplets(self, similarities: Tensor) -> Tensor:
+        """Triplets (T, 3) of row indices from reciprocal top-k neighbours (hier.md 6.3, 6.4).
+
+        Anchors i with at least two mutual top-k neighbours (themselves excluded) get
+        `triplets_per_anchor` triplets; j is drawn uniformly with replacement from i's mutual
+        neighbours, k from all other rows, i itself included as the public code does (H6).
+        """
+        n = len(similarities)
+        if self.topk > n:
+            raise HierpipeError(
+                f"topk={self.topk} exceeds the {n} rows to mine from; use a batch of at least "
+                f"{self.topk} samples or a smaller topk"
+            )
+        device = self.generator.device if self.generator is not None else similarities.device
+        nearest = similarities.detach().to(device).topk(self.topk, dim=1).indices
+        knn = torch.zeros(n, n, dtype=torch.bool, device=device).scatter_(1, nearest, True)
+        mutual = knn & knn.T
+        mutual.fill_diagonal_(False)
+        anchors = (mutual.sum(dim=1) >= 2).nonzero().squeeze(1)
+        if len(anchors) == 0:
+            return torch.empty(0, 3, dtype=torch.long, device=similarities.device)
+        draws = (self.triplets_per_anchor,)
+        positives = torch.multinomial(
+            mutual[anchors].float(), *draws, replacement=True, generator=self.generator
+        )
+        negatives = torch.multinomial(
+            (~mutual[anchors]).float(), *draws, replacement=True, generator=self.generator
+        )
+        triplets = torch.stack(
+            [
+                anchors.repeat_interleave(self.triplets_per_anchor),
+                positives.flatten(),
+                negatives.flatten(),
+            ],
+            dim=1,
+        )
+        return triplets.to(similarities.device)
+
+    def triplet_loss(self, dist_to_proxies: Tensor, triplets: Tensor) -> Tensor:
+        """Mean hinge loss (hier.md 6.6) of `triplets` (T, 3) with deterministic argmin LCAs.
+
+        `dist_to_proxies[x, p]` is the distance of node x to proxy p; each LCA is the proxy
+        minimising the largest distance to the pair (or triple).
+        """
+        if dist_to_proxies.dim() != 2:
+            raise HierpipeError(
+                f"dist_to_proxies must have shape (N, M), got {tuple(dist_to_proxies.shape)}"
+            )
+        if triplets.dim() != 2 or triplets.shape[1] != 3 or triplets.dtype != torch.long:
+            raise HierpipeError(
+                f"triplets must be a (T, 3) int64 tensor, got {tuple(triplets.shape)} "
+                f"{triplets.dtype}"
+            )
+        n = len(dist_to_proxies)
+        if triplets.numel() and (triplets.min() < 0 or triplets.max() >= n):
+            raise HierpipeError(f"triplets must index rows 0..{n - 1} of dist_to_proxies")
+        return self._triplet_loss(dist_to_proxies, triplets, stochastic=False)[0]
+
+    def _mapped_proxies(self) -> Tensor:
+        if self.geometry == "poincare":
+            return to_poincare(self.proxies, self.curvature, self.clip_r, riemannian=True)
+        if self.geometry == "sphere":
+            return F.normalize(self.proxies, dim=1)
+        return self.proxies
+
+    def _distances(self, x: Tensor, y: Tensor) -> Tensor:
+        curvature = self.curvature if self.geometry == "poincare" else None
+        return pairwise_distances(x, y, GEOMETRIES[self.geometry], curvature=curvature)
+
+    def _triplet_loss(
+        self, dist: Tensor, triplets: Tensor, stochastic: bool
+    ) -> tuple[Tensor, float]:
+        if len(triplets) == 0:
+            # A zero that stays attached to the graph, so backward() still works (H8).
+            return dist[:0].sum(), 0.0
+        # Rows of i, j, k (3, T, M). Only the Gumbel-softmax passes gradient through them; the
+        # distances to the chosen LCAs are read from `dist` itself (cheaper backward).
+        members = (dist if stochastic else dist.detach())[triplets.T]
+        max_ij = torch.maximum(members[0], members[1])
+        to_pair, pair_idx = self._distance_to_lca(dist, triplets, members, max_ij, stochastic)
+        to_triple, triple_idx = self._distance_to_lca(
+            dist, triplets, members, torch.maximum(max_ij, members[2]), stochastic
+        )
+        hinges = (
+            F.relu(to_pair[0] - to_triple[0] + self.margin)
+            + F.relu(to_pair[1] - to_triple[1] + self.margin)
+            + F.relu(to_triple[2] - to_pair[2] + self.margin)
+        )
+        # Masked triplets still count in the mean, as in the public code (H9).
+        distinct = pair_idx != triple_idx
+        masked = 1.0 - float(distinct.float().mean())
+        return (hinges * distinct).mean(), masked
+
+    def _distance_to_lca(
+        self, dist: Tensor, triplets: Tensor, members: Tensor, max_dist: Tensor, stochastic: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Distances (3, T) of the members to each triplet's LCA, and the LCA indices (T,).
+
+        The LCA is argmin over proxies of `max_dist` (T, M), or when `stochastic` a hard
+        Gumbel-softmax sample (hier.md 6.5). The public code's straight-through
+        `sum_p d[p] (hard - soft.detach() + soft)[p]` is written as the chosen distance plus
+        `sum_p d[p].detach() (soft - soft.detach())[p]`: the same value and gradients (d gets
+        gradient only at the chosen proxy, the soft assignment gets d), in fewer passes.
+        """
+        soft = self._gumbel_softmax(max_dist) if stochastic else None
+        idx = max_dist.argmin(dim=1) if soft is None else soft.argmax(dim=1)
+        chosen = dist[triplets.T, idx]
+        if soft is None:
+            return chosen, idx
+        return chosen + (members.detach() * (soft - soft.detach())).sum(dim=2), idx
+
+    def _gumbel_softmax(self, max_dist: Tensor) -> Tensor:
+        """softmax(-max_dist / tau + Gumbel noise) per row; its argmax samples
+        softmax(-max_dist / tau) (Gumbel-max), as `F.gumbel_softmax` with hard=True does."""
+        device = self.generator.device if self.generator is not None else max_dist.device
+        uniform = torch.rand(
+            max_dist.shape, dtype=max_dist.dtype, device=device, generator=self.generator
+        )
+        # -log(-log U) is Gumbel(0, 1); U = 0 gives -inf noise, a proxy that is never chosen.
+        gumbel = -torch.log(-torch.log(uniform)).to(max_dist.device)
+        return torch.softmax(max_dist * (-1 / self.tau) + gumbel, dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"embedding_dim={self.embedding_dim}, num_proxies={self.num_proxies}, "
+            f"geometry={self.geometry}, curvature={self.curvature:g}, clip_r={self.clip_r:g}, "
+            f"margin={self.margin:g}, tau={self.tau:g}, topk={self.topk}, "
+            f"triplets_per_anchor={self.triplets_per_anchor}, "
+            f"same_label_bonus={self.same_label_bonus}, stochastic={self.stochastic}"
+        )
