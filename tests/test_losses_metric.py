@@ -29,6 +29,17 @@ def _batch(seed: int, n: int, dim: int, classes: int) -> tuple[torch.Tensor, tor
     return embeddings, labels
 
 
+def _assert_same_loss_and_gradients(ours, reference, embeddings, labels) -> None:
+    """Our loss and pytorch-metric-learning's agree in value and embedding gradient."""
+    z_ours = embeddings.clone().requires_grad_()
+    z_ref = embeddings.clone().requires_grad_()
+    value, expected = ours(z_ours, labels), reference(z_ref, labels)
+    value.backward()
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), abs=1e-5)
+    torch.testing.assert_close(z_ours.grad, z_ref.grad, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize(("margin", "alpha"), [(0.1, 32.0), (0.3, 8.0)])
 def test_proxy_anchor_equals_pytorch_metric_learning(seed: int, margin: float, alpha: float):
@@ -38,14 +49,7 @@ def test_proxy_anchor_equals_pytorch_metric_learning(seed: int, margin: float, a
     reference = pml_losses.ProxyAnchorLoss(10, 8, margin=margin, alpha=alpha)
     reference.proxies = torch.nn.Parameter(ours.proxies.detach().clone())
 
-    z_ours = embeddings.clone().requires_grad_()
-    z_ref = embeddings.clone().requires_grad_()
-    value, expected = ours(z_ours, labels), reference(z_ref, labels)
-    value.backward()
-    expected.backward()
-
-    assert value.item() == pytest.approx(expected.item(), abs=1e-5)
-    torch.testing.assert_close(z_ours.grad, z_ref.grad, atol=1e-5, rtol=0)
+    _assert_same_loss_and_gradients(ours, reference, embeddings, labels)
     torch.testing.assert_close(ours.proxies.grad, reference.proxies.grad, atol=1e-5, rtol=0)
 
 
@@ -92,13 +96,7 @@ def test_multi_similarity_equals_pytorch_metric_learning(seed, alpha, beta, base
     embeddings, labels = _batch(seed, n=20, dim=6, classes=6)
     ours = MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
     reference = pml_losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base)
-    z_ours = embeddings.clone().requires_grad_()
-    z_ref = embeddings.clone().requires_grad_()
-    value, expected = ours(z_ours, labels), reference(z_ref, labels)
-    value.backward()
-    expected.backward()
-    assert value.item() == pytest.approx(expected.item(), abs=1e-5)
-    torch.testing.assert_close(z_ours.grad, z_ref.grad, atol=1e-5, rtol=0)
+    _assert_same_loss_and_gradients(ours, reference, embeddings, labels)
 
 
 def test_multi_similarity_matches_hand_computed_value():
