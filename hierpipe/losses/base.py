@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hierpipe.checks import check_int, check_number
 from hierpipe.errors import HierpipeError
-from hierpipe.losses.checks import check_batch, check_int
+from hierpipe.losses.checks import check_batch
 
 
 class ProxyClassifierLoss(nn.Module, ABC):
@@ -75,10 +75,7 @@ class ScaledCosineProxyLoss(ProxyClassifierLoss):
 
     def __init__(self, num_classes: int, embedding_dim: int, scale: float = 10.0) -> None:
         super().__init__(num_classes, embedding_dim)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise HierpipeError(f"scale must be a positive number, got {scale!r}")
-        if not (math.isfinite(scale) and scale > 0):
-            raise HierpipeError(f"scale must be a positive finite number, got {scale!r}")
+        scale = check_number("scale", scale, positive=True)
         self.proxies = nn.Parameter(F.normalize(torch.randn(num_classes, embedding_dim), dim=1))
         self.register_buffer("scale", torch.tensor(float(scale)))
 

@@ -1,36 +1,12 @@
-"""Input checks shared by the losses: one-line errors naming the argument and what was expected."""
+"""Tensor input checks shared by the losses: one-line errors naming the argument and what was
+expected (scalar settings: hierpipe.checks)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
 from hierpipe.errors import HierpipeError
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    """`value` as an int; raise unless it is an integer >= `minimum`."""
-    # bool is an int subclass; True as a class count is always a config mistake.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise HierpipeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_number(name: str, value: object, *, positive: bool = False) -> float:
-    """`value` as a float; raise unless it is a finite real number (and > 0 if `positive`)."""
-    # bool is an int subclass; True as a hyperparameter is always a config mistake.
-    valid = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value > 0 or not positive)
-    )
-    if not valid:
-        kind = "a positive finite number" if positive else "a finite number"
-        raise HierpipeError(f"{name} must be {kind}, got {value!r}")
-    return float(value)
 
 
 def check_batch(embeddings: Tensor, labels: Tensor) -> None:

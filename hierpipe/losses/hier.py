@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hierpipe.checks import check_int, check_number
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import pairwise_distances, to_poincare
-from hierpipe.losses.checks import check_batch, check_in_ball, check_int, check_number
+from hierpipe.losses.checks import check_batch, check_in_ball
 
 # geometry -> pairwise_distances metric. "sphere" is hierpipe's HIERsph (hier.md 6.10: unit
 # proxies, 2 - 2cos); "euclidean" is a hierpipe variant. Neither exists in the public code.

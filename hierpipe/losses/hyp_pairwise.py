@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hierpipe.checks import check_number
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import poincare_cdist
-from hierpipe.losses.checks import check_batch, check_in_ball, check_number
+from hierpipe.losses.checks import check_batch, check_in_ball
 
 
 def _views(labels: Tensor) -> int:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hierpipe.checks import check_number
 from hierpipe.losses.base import ProxyClassifierLoss
-from hierpipe.losses.checks import check_number
 
 
 def log1p_sum_exp(values: Tensor, mask: Tensor, dim: int) -> Tensor:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hierpipe.checks import check_int
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import ToPoincare
 
@@ -26,12 +27,6 @@ _KEYS_SHOWN = 5
 def select_device() -> torch.device:
     """The first CUDA device when one is available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    # bool is an int subclass, but True as a size is always a config mistake.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HierpipeError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _create_backbone(name: str, pretrained: bool, in_chans: int) -> nn.Module:
@@ -137,8 +132,8 @@ class EmbeddingNet(nn.Module):
         clip_r: float = 2.3,
     ) -> None:
         super().__init__()
-        _check_positive_int("embedding_dim", embedding_dim)
-        _check_positive_int("in_chans", in_chans)
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("in_chans", in_chans, 1)
         # built before the backbone, so that a bad head setting fails fast
         to_space = _to_space(head, curvature, clip_r)
         if weights is not None and not pretrained:

@@ -6,7 +6,6 @@ its hooks at fixed points and stores its state in the checkpoint.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -92,21 +91,3 @@ def require_unit_proxies(
             f"training option {option!r} places unit-length proxies, but loss {loss_name!r} "
             f"({loss_class.__name__}) uses unnormalised classifier weights"
         )
-
-
-def check_positive(
-    name: str, value: object, *, integer: bool = False, maximum: float = math.inf
-) -> None:
-    """Raise unless `value` is a finite number > 0 (an int if `integer`) and <= `maximum`."""
-    kinds = (int,) if integer else (int, float)
-    # bool is an int subclass; True as a hyperparameter is always a config mistake.
-    valid = (
-        not isinstance(value, bool)
-        and isinstance(value, kinds)
-        and math.isfinite(value)
-        and 0 < value <= maximum
-    )
-    if not valid:
-        kind = "an integer" if integer else "a number"
-        high = "" if maximum == math.inf else f" and <= {maximum:g}"
-        raise HierpipeError(f"{name} must be {kind} > 0{high}, got {value!r}")

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hierpipe.checks import check_number
 from hierpipe.losses.base import ProxyClassifierLoss
 from hierpipe.train.options.base import (
     OptionContext,
     TrainingOption,
-    check_positive,
     require_unit_proxies,
 )
 
@@ -26,7 +26,7 @@ class EMAProxies(TrainingOption):
     freezes_proxies = True
 
     def __init__(self, alpha: float = 0.01) -> None:
-        check_positive("ema alpha", alpha, maximum=1.0)
+        check_number("ema alpha", alpha, positive=True, maximum=1.0)
         self.alpha = float(alpha)
 
     def setup(self, context: OptionContext) -> None:

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hierpipe.checks import check_int, check_number
 from hierpipe.errors import HierpipeError
 from hierpipe.losses.base import ProxyClassifierLoss
 from hierpipe.train.options.base import (
     OptionContext,
     TrainingOption,
-    check_positive,
     require_unit_proxies,
 )
 
@@ -77,9 +77,9 @@ class MDSProxies(TrainingOption):
     proxies_from_hierarchy = True
 
     def __init__(self, beta: float = 1.0, steps: int = 1000, lr: float = 1e-3) -> None:
-        check_positive("mds beta", beta)
-        check_positive("mds steps", steps, integer=True)
-        check_positive("mds lr", lr)
+        check_number("mds beta", beta, positive=True)
+        check_int("mds steps", steps, 1)
+        check_number("mds lr", lr, positive=True)
         self.beta, self.steps, self.lr = float(beta), steps, float(lr)
 
     def setup(self, context: OptionContext) -> None:
