@@ -192,6 +192,11 @@ def check_params(params: Mapping[str, Any]) -> None:
             )
 
 
+def split_config(params: Mapping[str, Any], dataset: str) -> SplitConfig:
+    """How params split `dataset`; every run on the dataset uses this split."""
+    return _build(SplitConfig, params["datasets"][dataset].get("split", {}), "split")
+
+
 def resolve_run_config(
     params: Mapping[str, Any],
     dataset: str,
@@ -210,7 +215,7 @@ def resolve_run_config(
         experiment=params["experiment"],
         dataset=dataset,
         data_dir=f"{data_root}/{dataset}",
-        split=_build(SplitConfig, params["datasets"][dataset].get("split", {}), "split"),
+        split=split_config(params, dataset),
         model=model,
         loss=definition["loss"],
         hyperparameters=dict(definition.get("hyperparameters", {})),

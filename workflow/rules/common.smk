@@ -1,5 +1,12 @@
 # Helpers shared by the rules: the run grid and each run's resolved config.
-from hierpipe.config import RUN_ID_PATTERN, check_params, grid, resolve_run_config, run_id
+from hierpipe.config import (
+    RUN_ID_PATTERN,
+    check_params,
+    grid,
+    resolve_run_config,
+    run_id,
+    split_config,
+)
 
 # Beyond the schema: dataset, loss and backbone names must exist, before any job starts.
 check_params(config)
@@ -37,7 +44,7 @@ def prepare_source(wildcards):
 
 def dataset_split(wildcards):
     """The dataset's split settings; the requested file name must be the one they give."""
-    split = resolve_run_config(config, wildcards.dataset, *next(iter(RUNS.values()))).split
+    split = split_config(config, wildcards.dataset)
     if wildcards.split != split.name:
         raise ValueError(
             f"data/{wildcards.dataset}/splits/{wildcards.split}.parquet is not the split "
