@@ -1,7 +1,8 @@
 """Torch files of a run: atomic writes, safe loads, and the trained-model artefact (model.pt).
 
-model.pt holds the network and loss state of the selected epoch, the class ids of the
-classifier's rows, and the resolved run config, so embedding export needs nothing else.
+model.pt holds the network and objective state (loss and regulariser, with their class and
+hierarchical proxies) of the selected epoch, the class ids of the classifier's rows, and the
+resolved run config, so embedding export needs nothing else.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import torch
 from hierpipe.config import RunConfig
 from hierpipe.errors import HierpipeError
 from hierpipe.io import atomic_path
-from hierpipe.losses import ProxyClassifierLoss, build_loss
+from hierpipe.losses import Objective, build_loss, build_regularizer
 from hierpipe.models import EmbeddingNet
 
-MODEL_FORMAT = "hierpipe.model/1"
+MODEL_FORMAT = "hierpipe.model/2"
 
 
 def save_torch_atomic(obj: Any, path: str | Path) -> None:
@@ -44,32 +45,43 @@ def load_torch(path: str | Path, what: str) -> dict[str, Any]:
 
 def build_network(
     config: RunConfig, num_classes: int, initial_weights: bool = True
-) -> tuple[EmbeddingNet, ProxyClassifierLoss | None]:
-    """The embedding network and (for trained models) the loss that owns the class proxies.
+) -> tuple[EmbeddingNet, Objective | None]:
+    """The embedding network and (for trained models) the objective that owns the proxies.
 
     initial_weights=False skips pretrained weights, for a network whose state is loaded next.
     """
-    loss = None
+    head = config.head
+    geometry = {
+        "embedding_dim": config.backbone.embedding_dim,
+        "curvature": head.curvature,
+        "clip_r": head.clip_r,
+    }
+    objective = None
     if config.loss is not None:
-        loss = build_loss(
-            config.loss, num_classes, config.backbone.embedding_dim, **config.hyperparameters
-        )
+        loss = build_loss(config.loss, config.hyperparameters, num_classes=num_classes, **geometry)
+        regularizer = config.regularizer
+        if regularizer is None:
+            objective = Objective(loss)
+        else:
+            term = build_regularizer(regularizer.name, regularizer.hyperparameters, **geometry)
+            objective = Objective(loss, term, regularizer.weight)
     net = EmbeddingNet(
         config.backbone.name,
         config.backbone.embedding_dim,
-        # the untrained baseline is judged by directions only, like the normalised models
-        head="sphere" if (loss is None or loss.normalized_embeddings) else "euclidean",
+        head=head.space,
         pretrained=config.backbone.pretrained and initial_weights,
         weights=config.backbone.weights if initial_weights else None,
+        curvature=head.curvature,
+        clip_r=head.clip_r,
     )
-    return net, loss
+    return net, objective
 
 
 @dataclass
 class TrainedModel:
     config: RunConfig
     net: EmbeddingNet
-    loss: ProxyClassifierLoss | None
+    objective: Objective | None
     class_ids: list[int]
     epoch: int
 
@@ -78,7 +90,7 @@ def save_model(
     path: str | Path,
     config: RunConfig,
     net_state: dict[str, torch.Tensor],
-    loss_state: dict[str, torch.Tensor] | None,
+    objective_state: dict[str, torch.Tensor] | None,
     class_ids: list[int],
     epoch: int,
 ) -> None:
@@ -87,7 +99,7 @@ def save_model(
             "format": MODEL_FORMAT,
             "config": config.to_dict(),
             "net": net_state,
-            "loss": loss_state,
+            "objective": objective_state,
             "class_ids": list(class_ids),
             "epoch": epoch,
         },
@@ -100,11 +112,11 @@ def load_model(path: str | Path) -> TrainedModel:
     if data.get("format") != MODEL_FORMAT:
         raise HierpipeError(f"{path}: not a hierpipe model (format {data.get('format')!r})")
     config = RunConfig.from_dict(data["config"], source=f"{path} config")
-    net, loss = build_network(config, len(data["class_ids"]), initial_weights=False)
+    net, objective = build_network(config, len(data["class_ids"]), initial_weights=False)
     _load_state(net, data["net"], path, "network")
-    if loss is not None:
-        _load_state(loss, data["loss"], path, "loss")
-    return TrainedModel(config, net, loss, list(data["class_ids"]), int(data["epoch"]))
+    if objective is not None:
+        _load_state(objective, data["objective"], path, "loss")
+    return TrainedModel(config, net, objective, list(data["class_ids"]), int(data["epoch"]))
 
 
 def _load_state(module: torch.nn.Module, state: dict, path: str | Path, what: str) -> None:

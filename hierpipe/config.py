@@ -54,6 +54,10 @@ class BackboneConfig:
     embedding_dim: int = 128
 
 
+# Parameter groups of the optimiser, each with its own learning-rate multiplier (hier.md 5.2).
+LR_GROUPS = ("backbone", "head", "proxies", "regularizer")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
@@ -62,13 +66,49 @@ class TrainConfig:
     weight_decay: float = 0.0
     num_workers: int = 0
     augment: str = "none"
+    optimizer: str = "adam"
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    lr_decay_every: int | None = None
+    lr_decay_gamma: float = 1.0
+    warmup_epochs: int = 0
+    freeze_bn: bool = False
+    grad_clamp: float | None = None
+    samples_per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.lr_multipliers) - set(LR_GROUPS))
+        if unknown:
+            raise HierpipeError(
+                f"train.lr_multipliers: unknown group(s) {unknown}; expected {list(LR_GROUPS)}"
+            )
+        # every group listed, so a run's config.yaml shows all of its learning rates
+        full = {group: float(self.lr_multipliers.get(group, 1.0)) for group in LR_GROUPS}
+        object.__setattr__(self, "lr_multipliers", full)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The embedding space (hierpipe.models.HEADS); curvature and clip_r apply to poincare."""
+
+    space: str = "sphere"
+    curvature: float = 0.1
+    clip_r: float = 2.3
+
+
+@dataclass(frozen=True)
+class RegularizerConfig:
+    """A term added to the loss with weight `weight` (hierpipe.losses.REGULARIZERS)."""
+
+    name: str
+    weight: float = 0.5
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     subset: str = "test"
     retrieval_ks: tuple[int, ...] = (1, 2, 4, 8)
-    distance: str = "cosine"
+    distance: str = "auto"
     hs_ks: tuple[int, ...] = (1, 50, 100, 150, 200, 250)
     ahs_k_max: int = 250
 
@@ -87,6 +127,8 @@ class RunConfig:
     option: str
     training_options: dict[str, dict[str, Any]]
     seed: int
+    head: HeadConfig = field(default_factory=HeadConfig)
+    regularizer: RegularizerConfig | None = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -138,25 +180,17 @@ def option_set(params: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]
 
 
 def check_params(params: Mapping[str, Any]) -> None:
-    """Check what the JSON schema cannot: names must exist in hierpipe's registries."""
+    """Check what the JSON schema cannot: names must exist in hierpipe's registries, and
+    each model's loss, head, regulariser and training settings must work together."""
     import timm
 
     from hierpipe.data import get_dataset
-    from hierpipe.losses import LOSSES, build_loss
 
     for dataset in params["datasets"]:
         get_dataset(dataset)
-    for model, definition in params["models"].items():
-        loss = definition["loss"]
-        if loss is None:
-            continue
-        if loss not in LOSSES:
-            raise HierpipeError(
-                f"params: models.{model}.loss is {loss!r}; expected one of {sorted(LOSSES)} "
-                "or null (the untrained baseline)"
-            )
-        try:  # a throwaway instance checks hyperparameter names and values now, not mid-grid
-            build_loss(loss, 2, 1, **definition.get("hyperparameters", {}))
+    for model in params["models"]:
+        try:
+            _check_model(params, model)
         except HierpipeError as error:
             raise HierpipeError(f"params: models.{model}: {error}") from error
     from hierpipe.train.options import check_option_set
@@ -192,6 +226,87 @@ def check_params(params: Mapping[str, Any]) -> None:
             )
 
 
+def _check_model(params: Mapping[str, Any], model: str) -> None:
+    """Build a throwaway of everything the model defines, so bad settings fail before any job."""
+    from hierpipe.losses import LOSSES, build_loss, build_regularizer, required_head
+    from hierpipe.models import check_head
+
+    definition = params["models"][model]
+    loss = definition["loss"]
+    if loss is not None and loss not in LOSSES:
+        raise HierpipeError(
+            f"loss is {loss!r}; expected one of {sorted(LOSSES)} or null (the untrained baseline)"
+        )
+    head = model_head(params, model)
+    check_head(head.space, head.curvature, head.clip_r)
+    train = model_train(params, model)
+    embedding_dim = params.get("backbone", {}).get("embedding_dim", BackboneConfig.embedding_dim)
+    geometry = {"embedding_dim": embedding_dim, "curvature": head.curvature, "clip_r": head.clip_r}
+    if loss is None:
+        if definition.get("regularizer") is not None or definition.get("train"):
+            raise HierpipeError("an untrained model (loss null) takes no regularizer or train")
+        return
+    build_loss(loss, definition.get("hyperparameters"), num_classes=2, **geometry)
+    needed = required_head(LOSSES[loss])
+    if needed is not None and head.space != needed:
+        raise HierpipeError(f"loss {loss!r} needs head space {needed!r}, got {head.space!r}")
+    if train.samples_per_class is not None and train.batch_size % train.samples_per_class:
+        raise HierpipeError(
+            f"train.batch_size {train.batch_size} is not a multiple of "
+            f"train.samples_per_class {train.samples_per_class}"
+        )
+    if getattr(LOSSES[loss], "needs_class_groups", False) and not train.samples_per_class:
+        raise HierpipeError(
+            f"loss {loss!r} pairs the samples of each class in a batch; set "
+            "train.samples_per_class (2 or more)"
+        )
+    regularizer = regularizer_config(params, model)
+    if regularizer is not None:
+        term = build_regularizer(regularizer.name, regularizer.hyperparameters, **geometry)
+        if getattr(term, "geometry", None) == "poincare" and head.space != "poincare":
+            raise HierpipeError(
+                f"regularizer {regularizer.name!r} measures in the Poincaré ball; set "
+                "head.space to poincare (or the regulariser's geometry to sphere or euclidean)"
+            )
+        topk = getattr(term, "topk", 0)
+        if topk > train.batch_size:
+            raise HierpipeError(
+                f"regularizer {regularizer.name!r} mines each sample's top-{topk} neighbours, "
+                f"more than the batch of {train.batch_size}; lower topk or raise batch_size"
+            )
+    distance = params.get("evaluate", {}).get("distance", "auto")
+    if distance == "poincare" and head.space != "poincare":
+        raise HierpipeError(
+            f"evaluate.distance is poincare but the head space is {head.space!r}; use auto"
+        )
+
+
+def model_head(params: Mapping[str, Any], model: str) -> HeadConfig:
+    """The model's head: as params set it, else the space its loss trains in."""
+    from hierpipe.losses import default_head, loss_class
+
+    definition = params["models"][model]
+    head = dict(definition.get("head") or {})
+    if "space" not in head:
+        loss = definition["loss"]
+        # the untrained baseline is judged by directions only, like the normalised models
+        head["space"] = "sphere" if loss is None else default_head(loss_class(loss))
+    return _build(HeadConfig, head, f"models.{model}.head")
+
+
+def model_train(params: Mapping[str, Any], model: str) -> TrainConfig:
+    """The experiment's training settings with the model's own overrides on top."""
+    merged = {**params.get("train", {}), **(params["models"][model].get("train") or {})}
+    return _build(TrainConfig, merged, f"train (with models.{model}.train)")
+
+
+def regularizer_config(params: Mapping[str, Any], model: str) -> RegularizerConfig | None:
+    regularizer = params["models"][model].get("regularizer")
+    if regularizer is None:
+        return None
+    return _build(RegularizerConfig, regularizer, f"models.{model}.regularizer")
+
+
 def split_config(params: Mapping[str, Any], dataset: str) -> SplitConfig:
     """How params split `dataset`; every run on the dataset uses this split."""
     return _build(SplitConfig, params["datasets"][dataset].get("split", {}), "split")
@@ -211,6 +326,10 @@ def resolve_run_config(
     if model not in params["models"]:
         raise HierpipeError(f"params: no model {model!r} (have {sorted(params['models'])})")
     definition = params["models"][model]
+    head = model_head(params, model)
+    evaluate = dict(params.get("evaluate", {}))
+    if evaluate.get("distance", EvaluateConfig.distance) == "auto":
+        evaluate["distance"] = "poincare" if head.space == "poincare" else "cosine"
     return RunConfig(
         experiment=params["experiment"],
         dataset=dataset,
@@ -222,9 +341,11 @@ def resolve_run_config(
         option=option,
         training_options=option_set(params, option),
         seed=int(seed),
+        head=head,
+        regularizer=regularizer_config(params, model),
         backbone=_build(BackboneConfig, params.get("backbone", {}), "backbone"),
-        train=_build(TrainConfig, params.get("train", {}), "train"),
-        evaluate=_build(EvaluateConfig, params.get("evaluate", {}), "evaluate"),
+        train=model_train(params, model),
+        evaluate=_build(EvaluateConfig, evaluate, "evaluate"),
     )
 
 
@@ -263,7 +384,7 @@ def _build(cls: type, data: Mapping[str, Any], source: str) -> Any:
     values = {}
     for name, value in data.items():
         nested = _NESTED.get((cls.__name__, name))
-        if nested is not None:
+        if nested is not None and value is not None:
             value = _build(nested, value, f"{source}.{name}")
         elif name in ("retrieval_ks", "hs_ks"):
             value = tuple(value)
@@ -276,6 +397,8 @@ def _build(cls: type, data: Mapping[str, Any], source: str) -> Any:
 
 _NESTED = {
     ("RunConfig", "split"): SplitConfig,
+    ("RunConfig", "head"): HeadConfig,
+    ("RunConfig", "regularizer"): RegularizerConfig,
     ("RunConfig", "backbone"): BackboneConfig,
     ("RunConfig", "train"): TrainConfig,
     ("RunConfig", "evaluate"): EvaluateConfig,

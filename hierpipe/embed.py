@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from hierpipe.artifacts import load_model
+from hierpipe.artifacts import TrainedModel, load_model
 from hierpipe.data import ImageTableDataset, read_dataset, read_split
 from hierpipe.data.transforms import build_transform
-from hierpipe.embeddings import Embeddings, representatives_table, write_embeddings
+from hierpipe.embeddings import (
+    Embeddings,
+    class_prototypes,
+    representatives_table,
+    write_embeddings,
+)
 from hierpipe.io import write_parquet_atomic
 from hierpipe.models import select_device
 
@@ -38,23 +45,42 @@ def export_embeddings(
     )
     device = select_device()
     net = trained.net.to(device).eval()
-    loss = trained.loss.to(device).eval() if trained.loss is not None else None
+    objective = trained.objective.to(device).eval() if trained.objective is not None else None
+    classifier = objective.loss if objective is not None and objective.classifies else None
     embedding_parts, logit_parts = [], []
     for images, _, _ in DataLoader(dataset, batch_size=batch_size):
         embeddings = net(images.to(device)).float()
         embedding_parts.append(embeddings.cpu())
-        if loss is not None:
-            logit_parts.append(loss.logits(embeddings).cpu())
+        if classifier is not None:
+            logit_parts.append(classifier.logits(embeddings).cpu())
     embeddings = Embeddings(
         sample_id=table["sample_id"].to_numpy(),
         split=table["subset"].to_numpy(),
         label=table["label"].to_numpy(),
         embedding=torch.cat(embedding_parts).numpy(),
         logits=torch.cat(logit_parts).numpy() if logit_parts else None,
-        classifier_class_ids=trained.class_ids if loss is not None else None,
+        classifier_class_ids=trained.class_ids if classifier is not None else None,
     )
-    proxies = loss.representatives().cpu().numpy() if loss is not None else None
     write_embeddings(embeddings, embeddings_path)
-    write_parquet_atomic(
-        representatives_table(embeddings, proxies, trained.class_ids), representatives_path
-    )
+    write_parquet_atomic(representatives(trained, embeddings), representatives_path)
+
+
+def representatives(trained: TrainedModel, embeddings: Embeddings) -> pa.Table:
+    """Every kind of class representative the run has (hierpipe.embeddings describes them)."""
+    values = (embeddings.embedding, embeddings.label, embeddings.split)
+    parts = [("prototype", *class_prototypes(*values))]
+    config = trained.config
+    if config.head.space == "poincare":
+        parts.append(
+            ("ball_prototype", *class_prototypes(*values, curvature=config.head.curvature))
+        )
+    objective = trained.objective
+    if objective is not None and objective.classifies:
+        proxies = objective.loss.representatives().cpu().numpy()
+        parts.insert(
+            0, ("proxy", np.asarray(trained.class_ids), proxies, ["learned"] * len(proxies))
+        )
+    if objective is not None and objective.regularizer is not None:
+        proxies = objective.regularizer.hierarchical_proxies().cpu().numpy()
+        parts.append(("hier_proxy", np.arange(len(proxies)), proxies, ["learned"] * len(proxies)))
+    return representatives_table(parts)

@@ -2,7 +2,10 @@
 
 embeddings.parquet: sample_id, split (the subset), label, embedding, and for trained models
 the classifier's logits (columns = the classes in the file's `hierpipe.classifier_class_ids`
-metadata). representatives.parquet: class_id, kind (proxy | prototype), vector, source.
+metadata). representatives.parquet: class_id, kind, vector, source; kinds: `proxy` (the
+loss's class proxies), `prototype` (class mean directions), `ball_prototype` (class
+gyromidpoints, Poincaré heads), `hier_proxy` (a regulariser's hierarchical proxies; their
+class_id is the proxy's index, not a class).
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
+import torch.nn.functional as F
 
 from hierpipe.errors import HierpipeError
+from hierpipe.geometry import poincare_midpoint
 from hierpipe.io import arrow_to_vectors, read_parquet, vectors_to_arrow, write_parquet_atomic
 
 CLASSIFIER_IDS_KEY = b"hierpipe.classifier_class_ids"
@@ -34,37 +40,38 @@ class Embeddings:
 
 
 def class_prototypes(
-    embedding: np.ndarray, label: np.ndarray, split: np.ndarray
+    embedding: np.ndarray, label: np.ndarray, split: np.ndarray, curvature: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Renormalised class means of normalised embeddings (ProxyDR's `proto`).
+    """One representative per class from its samples' embeddings.
 
-    Training samples define a class's prototype; a class without any (the unseen classes of
-    a class-disjoint split) takes the mean of its samples in the other subsets, and its
+    Without `curvature`: the renormalised mean of the normalised embeddings (ProxyDR's
+    `proto`), a direction. With it: the gyromidpoint of the embeddings as points of the
+    Poincaré ball of that curvature (geoopt's `weighted_midpoint`), which keeps the depth
+    that HIER trains. Training samples define a class's prototype; a class without any (the
+    unseen classes of a class-disjoint split) takes its samples in the other subsets, and its
     source says so. Returns (class ids, prototypes, source per class).
     """
-    unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    points = torch.from_numpy(embedding).double()
+    if curvature is None:
+        points = F.normalize(points, dim=1)
     class_ids = np.unique(label)
-    prototypes = np.empty((len(class_ids), unit.shape[1]), dtype=np.float64)
+    prototypes = torch.empty((len(class_ids), points.shape[1]), dtype=torch.float64)
     sources = np.empty(len(class_ids), dtype=object)
     in_train = split == "train"
     for row, class_id in enumerate(class_ids):
         members = label == class_id
         from_train = members & in_train
         sources[row] = "train" if from_train.any() else "other"
-        mean = unit[from_train if from_train.any() else members].mean(axis=0, dtype=np.float64)
-        prototypes[row] = mean / np.linalg.norm(mean)
-    return class_ids, prototypes.astype(np.float32), sources
+        chosen = points[from_train if from_train.any() else members]
+        if curvature is None:
+            prototypes[row] = F.normalize(chosen.mean(dim=0), dim=0)
+        else:
+            prototypes[row] = poincare_midpoint(chosen, curvature)
+    return class_ids, prototypes.numpy().astype(np.float32), sources
 
 
-def representatives_table(
-    embeddings: Embeddings, proxies: np.ndarray | None, proxy_class_ids: list[int]
-) -> pa.Table:
-    class_ids, prototypes, sources = class_prototypes(
-        embeddings.embedding, embeddings.label, embeddings.split
-    )
-    parts = [("prototype", class_ids, prototypes, sources)]
-    if proxies is not None:
-        parts.insert(0, ("proxy", np.asarray(proxy_class_ids), proxies, ["learned"] * len(proxies)))
+def representatives_table(parts: list[tuple[str, np.ndarray, np.ndarray, list[str]]]) -> pa.Table:
+    """The representatives file from (kind, class ids, vectors, sources) parts."""
     return pa.table(
         {
             "class_id": pa.array(np.concatenate([p[1] for p in parts]), pa.int64()),

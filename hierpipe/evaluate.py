@@ -4,8 +4,10 @@ Measures are named `<group>/<kind>/<measure>`:
 - `classification/logits/...` from the model's own classifier, `classification/prototype/...`
   from the nearest class prototype (closed-set splits only);
 - `retrieval/...` on the evaluation subset, each item querying all others;
-- `hierarchy/<proxy|prototype>/...` between class representatives and the true tree, and
-  `hierarchy/random_vectors/...`, the same measures for random unit vectors (chance level).
+- `hierarchy/<proxy|prototype|ball_prototype>/...` between class representatives and the true
+  tree, `hierarchy/hier_proxy/...` between the tree a regulariser's hierarchical proxies
+  induce and the true tree, and `hierarchy/random_vectors/...`, the representative measures
+  for random unit vectors (chance level).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from hierpipe.errors import HierpipeError
 from hierpipe.geometry import pairwise_distances
 from hierpipe.hierarchy import ClassTree
 from hierpipe.io import write_text_atomic
+from hierpipe.losses.hier import GEOMETRIES as HIER_GEOMETRIES
 from hierpipe.metrics import (
     ahd_at_k,
     ahs,
@@ -35,6 +38,7 @@ from hierpipe.metrics import (
     elementwise_spearman,
     hierarchical_similarity_at_k,
     hp_at_k,
+    induced_tree_measures,
     level_accuracy,
     mistake_severity,
     nearest_neighbours,
@@ -69,14 +73,22 @@ def evaluate_run(
     metrics.update(_classification(embeddings, subset, representatives, tree, tree_dist))
     metrics.update(_retrieval(config, embeddings, subset, tree_dist))
     for kind, group in representatives.groupby("kind", sort=True):
+        if kind == "hier_proxy":  # not one per class: judged by the tree they induce, below
+            continue
         vectors = np.stack(group["vector"].to_numpy())
-        metrics.update(_hierarchy(kind, group["class_id"].to_numpy(), vectors, tree, tree_dist))
+        metric = _representative_metric(config, kind)
+        metrics.update(
+            _hierarchy(kind, group["class_id"].to_numpy(), vectors, tree, tree_dist, *metric)
+        )
+    metrics.update(_hierarchical_proxies(config, representatives, tree))
     # chance level of every hierarchy measure: random unit vectors, one per class (proxydr.md 9)
     chance = np.random.default_rng(config.seed).standard_normal(
         (tree.num_classes, config.backbone.embedding_dim)
     )
     metrics.update(
-        _hierarchy("random_vectors", np.arange(tree.num_classes), chance, tree, tree_dist)
+        _hierarchy(
+            "random_vectors", np.arange(tree.num_classes), chance, tree, tree_dist, "chord", None
+        )
     )
     document = {
         "run": config.run_id,
@@ -151,13 +163,12 @@ def _retrieval(
     """Flat retrieval and hierarchical similarity (HS@k, AHS), each item querying the rest."""
     vectors, labels = embeddings.embedding[subset], embeddings.label[subset]
     settings = config.evaluate
-    metrics = retrieval_metrics(
-        vectors, labels, ks=settings.retrieval_ks, distance=settings.distance
-    )
+    space = {"distance": settings.distance, "curvature": _curvature(config, settings.distance)}
+    metrics = retrieval_metrics(vectors, labels, ks=settings.retrieval_ks, **space)
     # HS@k needs k neighbours besides the query itself: small test sets cap the depth
     depth = min(max(settings.hs_ks), settings.ahs_k_max, len(labels) - 1)
     if depth >= 2:
-        neighbours = nearest_neighbours(vectors, depth, distance=settings.distance)
+        neighbours = nearest_neighbours(vectors, depth, **space)
         knn_labels = labels[neighbours]
         ks = sorted({min(k, depth) for k in settings.hs_ks})
         metrics.update(hierarchical_similarity_at_k(labels, knn_labels, labels, tree_dist, ks))
@@ -166,15 +177,31 @@ def _retrieval(
     return _prefixed("retrieval", metrics)
 
 
+def _curvature(config: RunConfig, metric: str) -> float | None:
+    return config.head.curvature if metric == "poincare" else None
+
+
+def _representative_metric(config: RunConfig, kind: str) -> tuple[str, float | None]:
+    """Ball prototypes are compared by Poincaré distance, directions by chord length."""
+    metric = "poincare" if kind == "ball_prototype" else "chord"
+    return metric, _curvature(config, metric)
+
+
 def _hierarchy(
-    kind: str, class_ids: np.ndarray, vectors: np.ndarray, tree: ClassTree, tree_dist: np.ndarray
+    kind: str,
+    class_ids: np.ndarray,
+    vectors: np.ndarray,
+    tree: ClassTree,
+    tree_dist: np.ndarray,
+    metric: str,
+    curvature: float | None,
 ) -> dict[str, float]:
-    """Agreement of representative distances (chord, on the unit sphere) with tree distances."""
+    """Agreement of the representatives' distances (`metric`) with the tree distances."""
     if len(class_ids) < 3:
         return {}
     vectors = vectors.astype(np.float64)
-    rep_dist = pairwise_distances(torch.from_numpy(vectors), torch.from_numpy(vectors), "chord")
-    rep_dist = rep_dist.numpy()
+    as_tensor = torch.from_numpy(vectors)
+    rep_dist = pairwise_distances(as_tensor, as_tensor, metric, curvature).numpy()
     np.fill_diagonal(rep_dist, 0.0)
     sub_tree = tree_dist[np.ix_(class_ids, class_ids)]
     rho, p = classwise_spearman(rep_dist, sub_tree, include_self=True)
@@ -194,9 +221,35 @@ def _hierarchy(
     }
     for level in range(tree.max_depth - 1):
         level_ids = tree.level_labels(level)[class_ids]
-        for name, value in representative_retrieval(vectors, level_ids).items():
+        retrieval = representative_retrieval(vectors, level_ids, metric, curvature)
+        for name, value in retrieval.items():
             values[f"level{level}_{name}"] = value
     return _prefixed(f"hierarchy/{kind}", values)
+
+
+def _hierarchical_proxies(
+    config: RunConfig, representatives: pd.DataFrame, tree: ClassTree
+) -> dict[str, float]:
+    """The regulariser's hierarchical proxies against the true tree (hierpipe.metrics.
+    induced_tree), with the class prototypes of the proxies' geometry as the leaves."""
+    proxies = representatives[representatives["kind"] == "hier_proxy"]
+    if proxies.empty:
+        return {}
+    geometry = config.regularizer.hyperparameters.get("geometry", "poincare")
+    metric = HIER_GEOMETRIES[geometry]
+    leaves = representatives[
+        representatives["kind"] == ("ball_prototype" if metric == "poincare" else "prototype")
+    ].sort_values("class_id")
+    if not np.array_equal(leaves["class_id"].to_numpy(), np.arange(tree.num_classes)):
+        return {}  # the induced tree needs a leaf for every class of the tree
+    values = induced_tree_measures(
+        np.stack(leaves["vector"].to_numpy()),
+        np.stack(proxies["vector"].to_numpy()),
+        tree,
+        metric,
+        _curvature(config, metric),
+    )
+    return _prefixed("hierarchy/hier_proxy", values)
 
 
 def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, float]:

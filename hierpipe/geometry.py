@@ -114,8 +114,20 @@ def to_poincare(
     """
     ball = poincare_ball(curvature)
     u = clip_features(_at_least_float32(x), clip_r)
-    z = stereographic.project(ball.expmap0(u, project=False), k=ball.k, eps=BOUNDARY_EPS)
+    # geoopt's maps are TorchScript functions; the JIT's optimised graph, swapped in after a
+    # few calls, rounds differently, which would make a run's bits depend on how many calls
+    # its process has made (a resumed run would differ from an uninterrupted one).
+    with torch.jit.optimized_execution(False):
+        z = stereographic.project(ball.expmap0(u, project=False), k=ball.k, eps=BOUNDARY_EPS)
     return _RiemannianGradient.apply(z, float(curvature)) if riemannian else z
+
+
+def poincare_midpoint(points: torch.Tensor, curvature: float) -> torch.Tensor:
+    """The gyromidpoint (Möbius-weighted mean with equal weights) of ball points (N, D), by
+    geoopt's ``weighted_midpoint``: the hyperbolic counterpart of a mean, inside the ball."""
+    ball = poincare_ball(curvature)
+    with torch.jit.optimized_execution(False):  # as in to_poincare: same bits on every call
+        return ball.weighted_midpoint(points, reducedim=[0])
 
 
 class ToPoincare(nn.Module):

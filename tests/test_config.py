@@ -46,7 +46,7 @@ def test_valid_params_pass(tiny_params):
     [
         (
             lambda p: p["models"]["softmax"].update(loss="arcface"),
-            r"models\.softmax\.loss is 'arcface'",
+            r"models\.softmax: loss is 'arcface'",
         ),
         (lambda p: p["runs"].append({"model": "hier"}), r"runs lists model 'hier'"),
         (

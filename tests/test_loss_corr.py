@@ -51,7 +51,7 @@ def test_corr_needs_fixed_proxies_and_the_others_do_not() -> None:
 
 
 def test_corr_is_registered_with_its_hyperparameters() -> None:
-    loss = build_loss("corr", num_classes=4, embedding_dim=3, reduction="mean", scale=5.0)
+    loss = build_loss("corr", {"reduction": "mean", "scale": 5.0}, num_classes=4, embedding_dim=3)
     assert isinstance(loss, CORRLoss)
     assert (loss.reduction, loss.scale.item()) == ("mean", 5.0)
 

@@ -11,7 +11,11 @@ from torch.func import functional_call
 from hierpipe.errors import HierpipeError
 from hierpipe.losses import (
     LOSSES,
+    REGULARIZERS,
     CORRLoss,
+    HIERLoss,
+    HypPairwiseLoss,
+    MultiSimilarityLoss,
     NormFaceLoss,
     ProxyAnchorLoss,
     ProxyClassifierLoss,
@@ -153,12 +157,15 @@ def test_registry_holds_the_losses() -> None:
         "proxydr": ProxyDRLoss,
         "corr": CORRLoss,
         "proxy_anchor": ProxyAnchorLoss,
+        "multi_similarity": MultiSimilarityLoss,
+        "hyp_pairwise": HypPairwiseLoss,
     }
     assert expected == LOSSES
+    assert {"hier": HIERLoss} == REGULARIZERS
 
 
 def test_build_loss_passes_hyperparameters() -> None:
-    loss = build_loss("proxydr", num_classes=5, embedding_dim=8, scale=3.0)
+    loss = build_loss("proxydr", {"scale": 3.0}, num_classes=5, embedding_dim=8)
     assert isinstance(loss, ProxyDRLoss)
     assert (loss.num_classes, loss.embedding_dim, loss.scale.item()) == (5, 8, 3.0)
 
@@ -170,9 +177,9 @@ def test_build_loss_unknown_name_lists_known_names() -> None:
 
 def test_build_loss_unknown_hyperparameter_names_it_and_lists_accepted() -> None:
     with pytest.raises(HierpipeError, match=r"'margin'.*accepted: scale"):
-        build_loss("normface", num_classes=3, embedding_dim=2, margin=0.1)
+        build_loss("normface", {"margin": 0.1}, num_classes=3, embedding_dim=2)
     with pytest.raises(HierpipeError, match=r"'scale'.*accepted: none"):
-        build_loss("softmax", num_classes=3, embedding_dim=2, scale=10.0)
+        build_loss("softmax", {"scale": 10.0}, num_classes=3, embedding_dim=2)
 
 
 @pytest.mark.parametrize(

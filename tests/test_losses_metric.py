@@ -13,7 +13,6 @@ from pytorch_metric_learning import losses as pml_losses
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import to_poincare
 from hierpipe.losses import (
-    LOSSES,
     HypPairwiseLoss,
     MultiSimilarityLoss,
     ProxyAnchorLoss,
@@ -177,17 +176,24 @@ def test_hyp_pairwise_rejects_points_outside_the_ball():
         HypPairwiseLoss()(torch.full((2, 2), math.nan), torch.tensor([0, 0]))
 
 
-def test_registry_holds_only_what_the_engine_trains():
-    # the pair-based losses have no classifier to validate with: not registered yet
-    assert LOSSES["proxy_anchor"] is ProxyAnchorLoss
-    assert "multi_similarity" not in LOSSES and "hyp_pairwise" not in LOSSES
-    pa = build_loss("proxy_anchor", 5, 8, margin=0.2)
+def test_build_loss_supplies_sizes_and_head_geometry_only_where_accepted():
+    pa = build_loss("proxy_anchor", {"margin": 0.2}, num_classes=5, embedding_dim=8, curvature=0.3)
     assert (pa.num_classes, pa.embedding_dim, pa.margin, pa.alpha) == (5, 8, 0.2, 32.0)
+    hyp = build_loss("hyp_pairwise", num_classes=5, embedding_dim=8, curvature=0.3)
+    assert (hyp.curvature, hyp.temperature) == (0.3, 0.2)
+    ms = build_loss("multi_similarity", {"beta": 40.0}, num_classes=5, embedding_dim=8, clip_r=1.0)
+    assert (ms.alpha, ms.beta, ms.base) == (2.0, 40.0, 0.5)
+
+
+def test_head_geometry_is_not_a_loss_hyperparameter():
+    # the head owns the curvature; a loss may not set its own
+    with pytest.raises(HierpipeError, match=r"'curvature'.*accepted: temperature"):
+        build_loss("hyp_pairwise", {"curvature": 0.3}, num_classes=5, embedding_dim=8)
 
 
 def test_build_loss_rejects_unknown_hyperparameters_of_proxy_anchor():
     with pytest.raises(HierpipeError, match=r"'beta'.*accepted: margin, alpha"):
-        build_loss("proxy_anchor", 5, 8, beta=0.1)
+        build_loss("proxy_anchor", {"beta": 0.1}, num_classes=5, embedding_dim=8)
 
 
 @pytest.mark.parametrize(

@@ -43,11 +43,21 @@ def _state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("option", ["standard", "ema", "dynamic", "mds"])
+@pytest.mark.parametrize(
+    ("model", "option"),
+    [
+        ("proxydr", "standard"),
+        ("proxydr", "ema"),
+        ("proxydr", "dynamic"),
+        ("proxydr", "mds"),
+        ("pa_hier", "standard"),  # Gumbel draws, hierarchical proxies, warm-up, BN freezing
+        ("hyp", "standard"),  # class-balanced batches, validation by retrieval
+    ],
+)
 def test_training_is_deterministic_and_resumes_bitwise(
-    tiny_params, data_root, tmp_path, monkeypatch, option
+    tiny_params, data_root, tmp_path, monkeypatch, model, option
 ):
-    config = _config(tiny_params, data_root, epochs=3, option=option)
+    config = _config(tiny_params, data_root, epochs=3, model=model, option=option)
     train_run(config, tmp_path / "a/model.pt", tmp_path / "a/log.parquet", tmp_path / "a/ckpt")
     train_run(config, tmp_path / "b/model.pt", tmp_path / "b/log.parquet", tmp_path / "b/ckpt")
     first = torch.load(tmp_path / "a/model.pt", weights_only=True)
@@ -71,7 +81,7 @@ def test_training_is_deterministic_and_resumes_bitwise(
 
     resumed = torch.load(tmp_path / "c/model.pt", weights_only=True)
     assert _state_equal(first["net"], resumed["net"])
-    assert _state_equal(first["loss"], resumed["loss"])
+    assert _state_equal(first["objective"], resumed["objective"])
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / "a/log.parquet"), pd.read_parquet(tmp_path / "c/log.parquet")
     )
@@ -111,7 +121,7 @@ def test_embeddings_cover_the_split_and_match_the_network(exported):
     # logits are the loss's own scores of the stored embeddings
     trained = load_model(out / "model.pt")
     with torch.no_grad():
-        logits = trained.loss.logits(torch.from_numpy(embeddings.embedding)).numpy()
+        logits = trained.objective.loss.logits(torch.from_numpy(embeddings.embedding)).numpy()
     np.testing.assert_allclose(embeddings.logits, logits, rtol=1e-4, atol=1e-4)
 
 
@@ -196,5 +206,5 @@ def test_untrained_baseline_writes_initial_weights(tiny_params, data_root, tmp_p
     config = _config(tiny_params, data_root, model="random")
     train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
     trained = load_model(tmp_path / "model.pt")
-    assert trained.loss is None and trained.epoch == 0
+    assert trained.objective is None and trained.epoch == 0
     assert pd.read_parquet(tmp_path / "log.parquet").empty

@@ -13,6 +13,11 @@ from hierpipe.metrics.hierarchy import (
     mistake_severity,
     robinson_foulds,
 )
+from hierpipe.metrics.induced_tree import (
+    class_tree_robinson_foulds,
+    induced_tree_measures,
+    lca_distances,
+)
 from hierpipe.metrics.representatives import representative_retrieval
 from hierpipe.metrics.retrieval import nearest_neighbours, retrieval_metrics
 
@@ -22,10 +27,13 @@ __all__ = [
     "average_hierarchical_cost",
     "calibration_errors",
     "check_tree_dist",
+    "class_tree_robinson_foulds",
     "classwise_spearman",
     "elementwise_spearman",
     "hierarchical_similarity_at_k",
     "hp_at_k",
+    "induced_tree_measures",
+    "lca_distances",
     "level_accuracy",
     "mistake_severity",
     "nearest_neighbours",

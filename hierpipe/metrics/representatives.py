@@ -7,7 +7,10 @@ from hierpipe.metrics.retrieval import retrieval_metrics
 
 
 def representative_retrieval(
-    vectors: np.ndarray | torch.Tensor, level_labels: np.ndarray, distance: str = "chord"
+    vectors: np.ndarray | torch.Tensor,
+    level_labels: np.ndarray,
+    distance: str = "chord",
+    curvature: float | None = None,
 ) -> dict[str, float]:
     """``precision@1``, ``r_precision`` and ``map@r`` of representatives grouped by ancestor.
 
@@ -17,9 +20,10 @@ def representative_retrieval(
     R = |G| - 1 for j's group G, and skips groups of size 1: that is ``retrieval_metrics``
     on the representatives with the ancestor ids as labels, the set querying itself (self
     excluded, lone queries skipped), which is how it is computed here. NaN if every group
-    is a single class. Chord and cosine distances rank identically.
+    is a single class. Chord and cosine distances rank identically; ``curvature`` goes with
+    ``distance="poincare"``.
     """
     metrics = retrieval_metrics(
-        vectors, level_labels, ks=(1,), distance=distance, dtype=torch.float64
+        vectors, level_labels, ks=(1,), distance=distance, curvature=curvature, dtype=torch.float64
     )
     return {name: metrics[name] for name in ("precision@1", "r_precision", "map@r")}

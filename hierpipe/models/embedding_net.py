@@ -106,6 +106,11 @@ def _to_space(head: str, curvature: float, clip_r: float) -> nn.Module:
     raise HierpipeError(f"head: unknown {head!r}, expected one of {', '.join(HEADS)}")
 
 
+def check_head(space: str, curvature: float, clip_r: float) -> None:
+    """Raise unless `space` is a head with valid settings (curvature > 0 for poincare, ...)."""
+    _to_space(space, curvature, clip_r)
+
+
 class EmbeddingNet(nn.Module):
     """A timm backbone without classifier, followed by a linear head to `embedding_dim`.
 

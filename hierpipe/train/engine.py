@@ -1,9 +1,9 @@
 """The training engine: one run from its config to model.pt and a per-epoch log.
 
-Resumable: after every epoch the full state (network, loss, optimiser, RNG, log, best
-state) is written atomically to a checkpoint directory that is not a declared output of
-the workflow rule, so an interrupted job continues where it stopped when it is rerun and
-finishes with the same bits as an uninterrupted one.
+Resumable: after every epoch the full state (network, objective with its proxies,
+optimiser, RNG, log, best state) is written atomically to a checkpoint directory that is not
+a declared output of the workflow rule, so an interrupted job continues where it stopped
+when it is rerun and finishes with the same bits as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,21 +20,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.nn.utils import get_total_norm
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from hierpipe.artifacts import build_network, load_torch, save_model, save_torch_atomic
-from hierpipe.config import RunConfig
+from hierpipe.config import LR_GROUPS, RunConfig, TrainConfig
 from hierpipe.data import ImageTableDataset, read_dataset, read_split
+from hierpipe.data.samplers import ClassBalancedBatchSampler
 from hierpipe.data.transforms import build_transform
 from hierpipe.errors import HierpipeError
 from hierpipe.io import write_parquet_atomic
-from hierpipe.models import select_device
+from hierpipe.losses import Objective
+from hierpipe.metrics import retrieval_metrics
+from hierpipe.models import EmbeddingNet, select_device
 from hierpipe.train.options import OptionContext, build_options
 
 log = logging.getLogger(__name__)
-
-LOG_COLUMNS = {"epoch": "int64", "train_loss": "float64", "val_top1": "float64"}
 
 
 @dataclass
@@ -100,49 +103,49 @@ def train_run(
     seed_everything(config.seed)
     device = select_device()
     data = load_training_data(config)
-    net, loss = build_network(config, len(data.class_ids))
+    net, objective = build_network(config, len(data.class_ids))
     net.to(device)
-    if loss is None:
+    if objective is None:
         save_model(model_path, config, net.state_dict(), None, data.class_ids, epoch=0)
-        _write_log([], log_path)
+        _write_log([], log_path, "val_top1")
         return
-    loss.to(device)
+    objective.to(device)
     options = build_options(config.training_options)
-    context = OptionContext(loss, data.tree_dist, config.train.lr, config.seed, device)
+    context = OptionContext(objective.loss, data.tree_dist, config.train.lr, config.seed, device)
     for option in options:
         option.setup(context)  # may freeze the proxies: the optimiser takes what still learns
-    optimizer = torch.optim.Adam(
-        [p for p in (*net.parameters(), *loss.parameters()) if p.requires_grad],
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-    )
+    optimizer = build_optimizer(config.train, net, objective)
+    # a classifier is validated by its top-1 accuracy, a pair-based loss by retrieval
+    val_column = "val_top1" if objective.classifies else "val_recall_at_1"
     checkpoint_path = Path(checkpoint_dir) / "last.pt"
-    state = _resume(checkpoint_path, config, net, loss, optimizer, options)
+    state = _resume(checkpoint_path, config, net, objective, optimizer, options)
 
     epochs = range(state["epoch"], config.train.epochs)
     for epoch in tqdm(epochs, desc=config.run_id, disable=None, initial=state["epoch"]):
         started = time.perf_counter()
-        train_loss = _train_epoch(config, data, net, loss, optimizer, options, device, epoch)
-        val_top1 = _validate(data, net, loss, device)
+        set_learning_rates(optimizer, config.train, epoch)
+        train_values = _train_epoch(config, data, net, objective, optimizer, options, device, epoch)
+        val_score = _validate(config, data, net, objective, device)
         option_values = {k: v for option in options for k, v in option.log_values().items()}
         state["log"].append(
-            {"epoch": epoch + 1, "train_loss": train_loss, "val_top1": val_top1, **option_values}
+            {"epoch": epoch + 1, **train_values, val_column: val_score, **option_values}
         )
         # '>' keeps the earliest of equally good epochs; without validation the last one wins
-        if math.isnan(val_top1) or val_top1 > state["best_val"]:
-            state["best_val"] = val_top1
+        if math.isnan(val_score) or val_score > state["best_val"]:
+            state["best_val"] = val_score
             state["best_epoch"] = epoch + 1
             state["best_net"] = copy.deepcopy(net.state_dict())
-            state["best_loss"] = copy.deepcopy(loss.state_dict())
+            state["best_objective"] = copy.deepcopy(objective.state_dict())
         state["epoch"] = epoch + 1
-        _save_checkpoint(checkpoint_path, config, net, loss, optimizer, options, state)
+        _save_checkpoint(checkpoint_path, config, net, objective, optimizer, options, state)
         log.info(
-            "%s epoch %d/%d loss %.4f val_top1 %.4f (%.1fs)",
+            "%s epoch %d/%d loss %.4f %s %.4f (%.1fs)",
             config.run_id,
             epoch + 1,
             config.train.epochs,
-            train_loss,
-            val_top1,
+            train_values["train_loss"],
+            val_column,
+            val_score,
             time.perf_counter() - started,
         )
 
@@ -150,62 +153,165 @@ def train_run(
         model_path,
         config,
         state["best_net"],
-        state["best_loss"],
+        state["best_objective"],
         data.class_ids,
         epoch=state["best_epoch"],
     )
-    _write_log(state["log"], log_path)
+    _write_log(state["log"], log_path, val_column)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def _train_epoch(config, data, net, loss, optimizer, options, device, epoch: int) -> float:
-    net.train()
-    loss.train()
+def build_optimizer(
+    settings: TrainConfig, net: EmbeddingNet, objective: Objective
+) -> torch.optim.Optimizer:
+    """One optimiser with a parameter group per LR_GROUPS entry (hier.md 5.2).
+
+    Each group remembers its multiplier; `set_learning_rates` derives its lr every epoch.
+    Parameters a training option froze (EMA, MDS proxies) are left out.
+    """
+    head = [p for name, p in net.named_parameters() if not name.startswith("backbone.")]
+    regularizer = objective.regularizer
+    members = {
+        "backbone": list(net.backbone.parameters()),
+        "head": head,
+        "proxies": list(objective.loss.parameters()),
+        "regularizer": list(regularizer.parameters()) if regularizer is not None else [],
+    }
+    groups = []
+    for name in LR_GROUPS:
+        params = [p for p in members[name] if p.requires_grad]
+        if params:
+            multiplier = settings.lr_multipliers[name]
+            groups.append({"params": params, "name": name, "multiplier": multiplier})
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    return optimizers[settings.optimizer](
+        groups, lr=settings.lr, weight_decay=settings.weight_decay
+    )
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, settings: TrainConfig, epoch: int) -> None:
+    """Step decay every `lr_decay_every` epochs; the backbone stands still while warming up."""
+    decay = 1.0
+    if settings.lr_decay_every:
+        decay = settings.lr_decay_gamma ** (epoch // settings.lr_decay_every)
+    for group in optimizer.param_groups:
+        warming_up = group["name"] == "backbone" and epoch < settings.warmup_epochs
+        group["lr"] = 0.0 if warming_up else settings.lr * group["multiplier"] * decay
+
+
+def _batches(config: RunConfig, data: TrainingData, epoch: int) -> DataLoader:
     # a generator per epoch makes the batch order a function of (seed, epoch): resumable
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    loader = DataLoader(
+    settings = config.train
+    if settings.samples_per_class:
+        sampler = ClassBalancedBatchSampler(
+            data.train.labels,
+            settings.batch_size,
+            settings.samples_per_class,
+            num_batches=max(1, len(data.train) // settings.batch_size),
+            generator=generator,
+        )
+        return DataLoader(data.train, batch_sampler=sampler, num_workers=settings.num_workers)
+    return DataLoader(
         data.train,
-        batch_size=config.train.batch_size,
+        batch_size=settings.batch_size,
         shuffle=True,
         generator=generator,
-        num_workers=config.train.num_workers,
+        num_workers=settings.num_workers,
         # BatchNorm cannot train on a last batch of one sample
-        drop_last=len(data.train) > config.train.batch_size,
+        drop_last=len(data.train) > settings.batch_size,
     )
-    total, count = 0.0, 0
-    for step, (images, labels, _) in enumerate(loader):
+
+
+def _train_epoch(
+    config, data, net, objective, optimizer, options, device, epoch: int
+) -> dict[str, float]:
+    """One epoch; returns the means of the logged training values."""
+    net.train()
+    objective.train()
+    if config.train.freeze_bn:
+        # statistics and running averages stay as loaded; the affine parameters still learn
+        for module in net.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    sums: dict[str, float] = {}
+    count = 0
+    for step, (images, labels, _) in enumerate(_batches(config, data, epoch)):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             embeddings = net(images)
         # losses stay in float32 even under autocast
-        value = loss(embeddings.float(), labels)
+        value = objective(embeddings.float(), labels)
+        where = f"{config.run_id}: epoch {epoch + 1}, step {step + 1}"
         if not torch.isfinite(value):
             raise HierpipeError(
-                f"{config.run_id}: non-finite loss {value.item()} at epoch {epoch + 1}, "
-                f"step {step + 1} (loss {config.loss}); the last good checkpoint is kept"
+                f"{where}: non-finite loss {value.item()} (loss {config.loss}); the last good "
+                "checkpoint is kept"
             )
         optimizer.zero_grad(set_to_none=True)
         value.backward()
+        _check_gradients(optimizer, where)
+        if config.train.grad_clamp is not None:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.clamp_(-config.train.grad_clamp, config.train.grad_clamp)
         for option in options:
             option.on_batch(embeddings.detach().float(), labels)
         optimizer.step()
-        total += value.item() * len(labels)
+        values = {"train_loss": value.item(), **_regularizer_values(objective)}
+        for key, item in values.items():
+            sums[key] = sums.get(key, 0.0) + item * len(labels)
         count += len(labels)
-    return total / count
+    return {key: total / count for key, total in sums.items()}
+
+
+def _regularizer_values(objective: Objective) -> dict[str, float]:
+    """The two terms of a regularised objective and the regulariser's own statistics."""
+    if objective.regularizer is None:
+        return {}
+    values = {f"train_{term}_term": value for term, value in objective.last_terms.items()}
+    stats = getattr(objective.regularizer, "last_stats", {})
+    return {**values, **{f"regularizer_{key}": float(v) for key, v in stats.items()}}
+
+
+def _check_gradients(optimizer: torch.optim.Optimizer, where: str) -> None:
+    """A finite loss can still have non-finite gradients; they must never reach the step."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    grads = [g for g in grads if g is not None]
+    if not grads or torch.isfinite(get_total_norm(grads)):
+        return
+    for group in optimizer.param_groups:
+        for index, p in enumerate(group["params"]):
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise HierpipeError(
+                    f"{where}: non-finite gradient in parameter group {group['name']!r} "
+                    f"(parameter {index}, shape {tuple(p.shape)}); the last good checkpoint "
+                    "is kept"
+                )
 
 
 @torch.no_grad()
-def _validate(data: TrainingData, net, loss, device) -> float:
-    """Top-1 accuracy of the loss's classifier (its proxies) on the validation set."""
+def _validate(config: RunConfig, data: TrainingData, net, objective: Objective, device) -> float:
+    """Top-1 accuracy of the classifier, or Recall@1 among the validation samples."""
     if data.val is None:
         return math.nan
     net.eval()
-    loss.eval()
-    correct = 0
-    for images, labels, _ in DataLoader(data.val, batch_size=256):
-        logits = loss.logits(net(images.to(device)).float())
-        correct += (logits.argmax(dim=1).cpu() == labels).sum().item()
-    return correct / len(data.val)
+    objective.eval()
+    parts = []
+    for images, _, _ in DataLoader(data.val, batch_size=256):
+        parts.append(net(images.to(device)).float())
+    embeddings = torch.cat(parts)
+    labels = torch.as_tensor(data.val.labels)
+    if objective.classifies:
+        predicted = objective.loss.logits(embeddings).argmax(dim=1).cpu()
+        return (predicted == labels).float().mean().item()
+    distance = config.evaluate.distance
+    curvature = config.head.curvature if distance == "poincare" else None
+    recall = retrieval_metrics(
+        embeddings.cpu(), labels.numpy(), ks=(1,), distance=distance, curvature=curvature
+    )
+    return float(recall["recall@1"])
 
 
 def _initial_state() -> dict:
@@ -215,11 +321,11 @@ def _initial_state() -> dict:
         "best_val": -math.inf,
         "best_epoch": 0,
         "best_net": None,
-        "best_loss": None,
+        "best_objective": None,
     }
 
 
-def _resume(path: Path, config: RunConfig, net, loss, optimizer, options) -> dict:
+def _resume(path: Path, config: RunConfig, net, objective, optimizer, options) -> dict:
     if not path.exists():
         return _initial_state()
     checkpoint = load_torch(path, "training checkpoint")
@@ -229,7 +335,7 @@ def _resume(path: Path, config: RunConfig, net, loss, optimizer, options) -> dic
         return _initial_state()
     try:
         net.load_state_dict(checkpoint["net"])
-        loss.load_state_dict(checkpoint["loss"])
+        objective.load_state_dict(checkpoint["objective"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         for option, option_state in zip(options, checkpoint["options"], strict=True):
             option.load_state_dict(option_state)
@@ -243,13 +349,13 @@ def _resume(path: Path, config: RunConfig, net, loss, optimizer, options) -> dic
 
 
 def _save_checkpoint(
-    path: Path, config: RunConfig, net, loss, optimizer, options, state: dict
+    path: Path, config: RunConfig, net, objective, optimizer, options, state: dict
 ) -> None:
     save_torch_atomic(
         {
             "config": config.to_dict(),
             "net": net.state_dict(),
-            "loss": loss.state_dict(),
+            "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(),
             "options": [option.state_dict() for option in options],
             "torch_rng": torch.get_rng_state(),
@@ -259,7 +365,9 @@ def _save_checkpoint(
     )
 
 
-def _write_log(rows: list[dict], path: str | Path) -> None:
-    """Per-epoch log: the engine's columns plus whatever the training options report."""
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(LOG_COLUMNS))
-    write_parquet_atomic(frame.astype(LOG_COLUMNS), path)
+def _write_log(rows: list[dict], path: str | Path, val_column: str) -> None:
+    """Per-epoch log: epoch, train_loss, the validation score, then what the regulariser and
+    the training options report."""
+    columns = {"epoch": "int64", "train_loss": "float64", val_column: "float64"}
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(columns))
+    write_parquet_atomic(frame.astype(columns), path)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hierpipe.errors import HierpipeError
-from hierpipe.losses import loss_class
+from hierpipe.losses import ProxyClassifierLoss, loss_class
 from hierpipe.registry import check_hyperparameters
 from hierpipe.train.options.base import OptionContext, TrainingOption
 from hierpipe.train.options.dynamic_scale import DynamicScale
@@ -79,6 +79,13 @@ def check_option_set(spec: Mapping[str, Mapping[str, Any]], loss_name: str) -> N
     """
     cls = loss_class(loss_name)
     options = build_options(spec)
+    if not issubclass(cls, ProxyClassifierLoss):
+        if options:
+            raise HierpipeError(
+                f"training options act on class proxies; loss {loss_name!r} "
+                f"({cls.__name__}) is pair-based and has none"
+            )
+        return
     for option in options:
         type(option).check_compatible(loss_name, cls)
     if cls.requires_fixed_proxies and not any(o.fixes_proxies for o in options):
