@@ -12,7 +12,15 @@ from hierpipe.evaluate import read_metrics
 from hierpipe.io import write_parquet_atomic, write_text_atomic
 
 KEYS = ["dataset", "model", "option"]
-RUN_COLUMNS = [*KEYS, "seed", "run", "trained", "proxies_from_hierarchy"]
+RUN_COLUMNS = [
+    *KEYS,
+    "seed",
+    "run",
+    "trained",
+    "proxies_from_hierarchy",
+    "loss",
+    "regularizer",
+]
 
 # The summary's tables: title -> {measure: column title}. Every measure is in summary.csv.
 SECTIONS = {
@@ -45,6 +53,19 @@ SECTIONS = {
         "hierarchy/prototype/norm_rf": "RF (normalised)",
         "hierarchy/random_vectors/classwise_spearman": "chance: classwise rho of random vectors",
     },
+    "Hierarchical inference: class prototypes in the Poincaré ball vs the true tree": {
+        "hierarchy/ball_prototype/classwise_spearman": "classwise rho",
+        "hierarchy/ball_prototype/classwise_spearman_noself": "classwise rho, no self",
+        "hierarchy/ball_prototype/elementwise_spearman": "elementwise rho",
+        "hierarchy/ball_prototype/norm_rf": "RF (normalised)",
+    },
+    "Hierarchical proxies (HIER) vs the true tree": {
+        "hierarchy/hier_proxy/lca_classwise_spearman": "LCA-distance classwise rho",
+        "hierarchy/hier_proxy/lca_elementwise_spearman": "LCA-distance elementwise rho",
+        "hierarchy/hier_proxy/induced_classwise_spearman": "induced-tree classwise rho",
+        "hierarchy/hier_proxy/induced_norm_rf": "induced-tree RF (normalised)",
+        "hierarchy/hier_proxy/induced_internal_nodes": "proxies in the induced tree",
+    },
     "Retrieval": {
         "retrieval/recall@1": "R@1",
         "retrieval/map@r": "MAP@R",
@@ -70,6 +91,8 @@ def collect_runs(metrics_paths: Sequence[str | Path]) -> pd.DataFrame:
                 "option": document["option"],
                 "trained": document["trained"],
                 "proxies_from_hierarchy": document["proxies_from_hierarchy"],
+                "loss": document.get("loss"),
+                "regularizer": document.get("regularizer"),
                 **{k: (float("nan") if v is None else v) for k, v in document["metrics"].items()},
             }
         )
@@ -99,14 +122,15 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 def aggregate(metrics_paths: Sequence[str | Path], out_dir: str | Path) -> pd.DataFrame:
     """Write summary.parquet, summary.csv and summary.md (the last one last: it marks done)."""
     out_dir = Path(out_dir)
-    summary = summarize(collect_runs(metrics_paths))
+    runs = collect_runs(metrics_paths)
+    summary = summarize(runs)
     write_parquet_atomic(summary, out_dir / "summary.parquet")
     write_text_atomic(summary.to_csv(index=False), out_dir / "summary.csv")
-    write_text_atomic(to_markdown(summary), out_dir / "summary.md")
+    write_text_atomic(to_markdown(summary, runs), out_dir / "summary.md")
     return summary
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
+def to_markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
     lines = [
         "# Summary",
         "",
@@ -118,16 +142,16 @@ def to_markdown(summary: pd.DataFrame) -> str:
         names = [_run_name(row) for _, row in table.iterrows()]
         for title, section in SECTIONS.items():
             shown = [m for m in section if f"{m}/mean" in table.columns]
-            if not shown:
+            rows = [
+                [name, str(row["n_seeds"]), *(_cell(row, m) for m in shown)]
+                for name, (_, row) in zip(names, table.iterrows(), strict=True)
+                # a model without any of the section's measures (no HIER proxies) is left out
+                if shown and row[[f"{m}/mean" for m in shown]].notna().any()
+            ]
+            if not rows:
                 continue
             lines += [f"### {title}", ""]
-            lines += _markdown_table(
-                ["model", "seeds", *(section[m] for m in shown)],
-                [
-                    [name, str(row["n_seeds"]), *(_cell(row, m) for m in shown)]
-                    for name, (_, row) in zip(names, table.iterrows(), strict=True)
-                ],
-            )
+            lines += _markdown_table(["model", "seeds", *(section[m] for m in shown)], rows)
             lines.append("")
         if table["proxies_from_hierarchy"].any():
             lines += [
@@ -136,6 +160,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
                 "",
             ]
         lines += _baseline_comparison(table, names)
+        lines += _regularizer_comparison(runs[runs["dataset"] == dataset])
         measures = [c.removesuffix("/mean") for c in table.columns if c.endswith("/mean")]
         lines += ["", "<details><summary>All measures</summary>", ""]
         lines += _markdown_table(
@@ -156,6 +181,14 @@ def _run_name(row: pd.Series) -> str:
 BASELINE_MEASURES = {
     "retrieval/recall@1": "R@1",
     "hierarchy/prototype/classwise_spearman": "classwise rho (prototype)",
+}
+
+
+REGULARIZER_MEASURES = {
+    "hierarchy/prototype/classwise_spearman": "classwise rho (prototype)",
+    "hierarchy/prototype/elementwise_spearman": "elementwise rho (prototype)",
+    "retrieval/recall@1": "R@1",
+    "retrieval/ahs": "AHS",
 }
 
 
@@ -181,6 +214,46 @@ def _baseline_comparison(table: pd.DataFrame, names: list[str]) -> list[str]:
         rows.append([name, *(f"{d:+.4f}" for d in deltas), verdict])
     header = ["model", *(f"Δ {BASELINE_MEASURES[m]}" for m in measures), "beats baseline on all"]
     return lines + _markdown_table(header, rows)
+
+
+def _regularizer_comparison(runs: pd.DataFrame) -> list[str]:
+    """Each regularised model minus the model with the same loss and options without one.
+
+    Paired by seed, since a seed fixes initial weights and batch order for both; a model is
+    compared only when exactly one unregularised model shares its loss and option set.
+    """
+    measures = [m for m in REGULARIZER_MEASURES if m in runs.columns]
+    plain = runs[runs["trained"] & runs["regularizer"].isna()]
+    rows = []
+    for (model, option), group in runs[runs["regularizer"].notna()].groupby(
+        ["model", "option"], sort=False
+    ):
+        loss = group["loss"].iloc[0]
+        bases = plain[(plain["loss"] == loss) & (plain["option"] == option)]
+        if bases["model"].nunique() != 1:
+            continue
+        paired = group.merge(bases, on="seed", suffixes=("", "_base"))
+        if paired.empty:
+            continue
+        cells = []
+        for m in measures:
+            delta = paired[m] - paired[f"{m}_base"]
+            spread = "" if len(delta) < 2 else f" ± {delta.std(ddof=1):.4f}"
+            cells.append(f"{delta.mean():+.4f}{spread} ({int((delta > 0).sum())}/{len(delta)})")
+        rows.append([f"{model} ({option})", bases["model"].iloc[0], str(len(paired)), *cells])
+    if not rows:
+        return []
+    header = ["model", "without regulariser", "paired seeds"]
+    header += [f"Δ {REGULARIZER_MEASURES[m]}" for m in measures]
+    return [
+        "",
+        "### Against the same loss without the regulariser",
+        "",
+        "Mean ± sd over seeds of the paired differences; (k/n) = seeds where the regularised "
+        "model is higher. Higher is better for every measure shown.",
+        "",
+        *_markdown_table(header, rows),
+    ]
 
 
 def _cell(row: pd.Series, measure: str) -> str:

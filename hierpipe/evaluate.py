@@ -95,6 +95,8 @@ def evaluate_run(
         "dataset": config.dataset,
         "model": config.model,
         "option": config.option,
+        "loss": config.loss,
+        "regularizer": config.regularizer.name if config.regularizer is not None else None,
         "seed": config.seed,
         "trained": config.trained,
         # Q17: proxies fitted to the true tree (MDS, CORR) measure that fit, not learning

@@ -84,3 +84,91 @@ def test_params_naming_things_that_do_not_exist_are_refused(tiny_params, edit, m
     edit(tiny_params)
     with pytest.raises(HierpipeError, match=message):
         check_params(validated(tiny_params))
+
+
+def _hier(params: dict) -> dict:
+    return params["models"]["pa_hier"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: _hier(p)["regularizer"]["hyperparameters"].update(topk=9, num_proxies=16),
+            r"models\.pa_hier: regularizer 'hier' mines each sample's top-9 neighbours, more "
+            r"than the batch of 8",
+        ),
+        (
+            lambda p: _hier(p).update(head={"space": "sphere"}),
+            r"models\.pa_hier: regularizer 'hier' measures in the Poincaré ball; set head\.space",
+        ),
+        (
+            lambda p: _hier(p)["regularizer"].update(name="hierarchy"),
+            r"unknown regularizer 'hierarchy'; known regularizers: hier",
+        ),
+        (
+            lambda p: _hier(p)["regularizer"]["hyperparameters"].update(curvature=0.5),
+            r"unknown hyperparameter\(s\) 'curvature' for regularizer 'hier'",
+        ),
+        (
+            lambda p: _hier(p)["train"].update(samples_per_class=3),
+            r"batch_size 8 is not a multiple of train\.samples_per_class 3",
+        ),
+        (
+            lambda p: p["models"]["hyp"].update(train={}),
+            r"models\.hyp: loss 'hyp_pairwise' pairs the samples of each class",
+        ),
+        (
+            lambda p: p["models"]["hyp"].update(head={"space": "sphere"}),
+            r"loss 'hyp_pairwise' needs head space 'poincare', got 'sphere'",
+        ),
+        (
+            lambda p: p["runs"].append({"model": "ms", "options": ["ema"]}),
+            r"model 'ms' with option set 'ema': training options act on class proxies",
+        ),
+        (
+            lambda p: p["models"]["random"].update(regularizer={"name": "hier"}),
+            r"models\.random: an untrained model \(loss null\) takes no regularizer",
+        ),
+        (
+            lambda p: p["evaluate"].update(distance="poincare"),
+            r"models\.softmax: evaluate\.distance is poincare but the head space is 'euclidean'",
+        ),
+    ],
+)
+def test_inconsistent_models_are_refused_before_any_job(tiny_params, edit, message):
+    edit(tiny_params)
+    with pytest.raises(HierpipeError, match=message):
+        check_params(validated(tiny_params))
+
+
+def test_curvature_of_the_head_must_be_positive(tiny_params):
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    _hier(tiny_params)["head"]["curvature"] = 0.0
+    with pytest.raises(WorkflowError, match="Error validating config"):
+        validated(tiny_params)  # the schema refuses it
+    # and so does check_params, for params that did not pass through the schema
+    _hier(tiny_params)["head"]["curvature"] = 0.1
+    params = validated(tiny_params)
+    _hier(params)["head"]["curvature"] = -1.0
+    with pytest.raises(HierpipeError, match=r"models\.pa_hier: curvature: must be > 0"):
+        check_params(params)
+
+
+def test_model_settings_resolve_into_the_run_config(tiny_params):
+    config = resolve_run_config(validated(tiny_params), "shapes", "pa_hier", "standard", 1)
+    assert config.head.space == "poincare" and config.head.curvature == 0.1
+    assert config.evaluate.distance == "poincare"
+    assert config.regularizer.name == "hier" and config.regularizer.weight == 0.5
+    # the model's train overrides the experiment's, key by key; unset groups default to 1
+    assert config.train.optimizer == "adamw" and config.train.lr == 1.0e-3
+    assert config.train.lr_multipliers == {
+        "backbone": 1.0,
+        "head": 1.0,
+        "proxies": 100.0,
+        "regularizer": 50.0,
+    }
+    softmax = resolve_run_config(validated(tiny_params), "shapes", "softmax", "standard", 1)
+    assert softmax.head.space == "euclidean" and softmax.evaluate.distance == "cosine"
+    assert softmax.regularizer is None and softmax.train.optimizer == "adam"

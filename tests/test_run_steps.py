@@ -1,6 +1,7 @@
 """The steps of one run (train -> embed -> evaluate) on tiny shapes data, checked by value."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,165 @@ def test_untrained_baseline_writes_initial_weights(tiny_params, data_root, tmp_p
     trained = load_model(tmp_path / "model.pt")
     assert trained.objective is None and trained.epoch == 0
     assert pd.read_parquet(tmp_path / "log.parquet").empty
+
+
+@pytest.fixture(scope="module")
+def exported_hier(data_root, tmp_path_factory):
+    import copy
+
+    from conftest import TINY_PARAMS
+
+    config = _config(copy.deepcopy(TINY_PARAMS), data_root, model="pa_hier")
+    out = tmp_path_factory.mktemp("hier_run")
+    train_run(config, out / "model.pt", out / "log.parquet", out / "ckpt")
+    export_embeddings(out / "model.pt", out / "embeddings.parquet", out / "representatives.parquet")
+    return config, out
+
+
+def test_hier_run_exports_its_hierarchical_proxies_and_ball_prototypes(exported_hier):
+    from hierpipe.geometry import poincare_ball
+
+    config, out = exported_hier
+    trained = load_model(out / "model.pt")
+    reps = read_representatives(out / "representatives.parquet")
+    assert set(reps["kind"]) == {"proxy", "prototype", "ball_prototype", "hier_proxy"}
+    hier = reps[reps["kind"] == "hier_proxy"]
+    np.testing.assert_array_equal(hier["class_id"], np.arange(8))  # num_proxies in tiny params
+    expected = trained.objective.regularizer.hierarchical_proxies().numpy()
+    np.testing.assert_allclose(np.stack(hier["vector"].to_numpy()), expected, atol=1e-6)
+    # the head maps into the ball of curvature 0.1: every embedding is inside it
+    embeddings = read_embeddings(out / "embeddings.parquet")
+    assert (np.linalg.norm(embeddings.embedding, axis=1) < 1 / np.sqrt(0.1)).all()
+    ball = poincare_ball(config.head.curvature)
+    balls = reps[reps["kind"] == "ball_prototype"].set_index("class_id")
+    for class_id in np.unique(embeddings.label):
+        rows = (embeddings.label == class_id) & (embeddings.split == "train")
+        points = torch.from_numpy(embeddings.embedding[rows]).double()
+        midpoint = ball.weighted_midpoint(points, reducedim=[0]).numpy()
+        np.testing.assert_allclose(balls.loc[class_id, "vector"], midpoint, atol=1e-6)
+
+
+def test_hier_run_is_evaluated_in_the_ball(exported_hier, tmp_path):
+    from hierpipe.metrics import induced_tree_measures
+
+    config, out = exported_hier
+    assert config.evaluate.distance == "poincare"  # `auto` for a Poincaré head
+    metrics = evaluate_run(
+        config, out / "embeddings.parquet", out / "representatives.parquet", tmp_path / "m.json"
+    )
+    embeddings = read_embeddings(out / "embeddings.parquet")
+    test = embeddings.split == "test"
+    retrieval = retrieval_metrics(
+        embeddings.embedding[test],
+        embeddings.label[test],
+        ks=(1, 2),
+        distance="poincare",
+        curvature=0.1,
+        dtype=torch.float64,
+    )
+    assert metrics["retrieval/recall@1"] == pytest.approx(retrieval["recall@1"])
+    reps = read_representatives(out / "representatives.parquet")
+    tree = read_classes(config.data_dir)
+    ball = reps[reps["kind"] == "ball_prototype"].sort_values("class_id")
+    induced = induced_tree_measures(
+        np.stack(ball["vector"].to_numpy()),
+        np.stack(reps[reps["kind"] == "hier_proxy"]["vector"].to_numpy()),
+        tree,
+        "poincare",
+        0.1,
+    )
+    for name, value in induced.items():
+        got = metrics[f"hierarchy/hier_proxy/{name}"]
+        assert got == pytest.approx(value, nan_ok=True), name
+    assert "hierarchy/ball_prototype/classwise_spearman" in metrics
+
+
+def test_regularised_log_reports_both_terms(exported_hier):
+    _, out = exported_hier
+    log = pd.read_parquet(out / "log.parquet")
+    terms = log["train_loss_term"] + 0.5 * log["train_regularizer_term"]
+    np.testing.assert_allclose(log["train_loss"], terms, rtol=1e-5)
+    assert (log["regularizer_sample_triplets"] > 0).all()
+
+
+def test_pair_based_loss_is_validated_by_retrieval(tiny_params, data_root, tmp_path):
+    config = _config(tiny_params, data_root, model="ms", epochs=2)
+    train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    log = pd.read_parquet(tmp_path / "log.parquet")
+    assert "val_top1" not in log and log["val_recall_at_1"].between(0, 1).all()
+    export_embeddings(
+        tmp_path / "model.pt", tmp_path / "embeddings.parquet", tmp_path / "reps.parquet"
+    )
+    assert read_embeddings(tmp_path / "embeddings.parquet").logits is None
+    assert set(read_representatives(tmp_path / "reps.parquet")["kind"]) == {"prototype"}
+    metrics = evaluate_run(
+        config, tmp_path / "embeddings.parquet", tmp_path / "reps.parquet", tmp_path / "m.json"
+    )
+    assert "classification/prototype/top1" in metrics
+    assert not any(name.startswith("classification/logits") for name in metrics)
+
+
+def _initial_network(config):
+    from hierpipe.artifacts import build_network
+
+    engine.seed_everything(config.seed)
+    return build_network(config, 8)[0].state_dict()
+
+
+def test_warm_up_keeps_the_backbone_and_freeze_bn_its_statistics(tiny_params, data_root, tmp_path):
+    tiny_params["models"]["pa_hier"]["train"].update(warmup_epochs=1, freeze_bn=True)
+    config = _config(tiny_params, data_root, model="pa_hier", epochs=1)
+    train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    initial = _initial_network(config)
+    trained = torch.load(tmp_path / "model.pt", weights_only=True)["net"]
+    backbone = [k for k in initial if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone)
+    assert all(torch.equal(initial[k], trained[k]) for k in backbone)
+    assert not torch.equal(initial["head.weight"], trained["head.weight"])
+
+    # without either, the backbone's weights and BatchNorm statistics move
+    tiny_params["models"]["pa_hier"]["train"].update(warmup_epochs=0, freeze_bn=False)
+    config = _config(tiny_params, data_root, model="pa_hier", epochs=1)
+    train_run(config, tmp_path / "b/model.pt", tmp_path / "b/log.parquet", tmp_path / "b/ckpt")
+    trained = torch.load(tmp_path / "b/model.pt", weights_only=True)["net"]
+    moved = [k for k in backbone if not torch.equal(initial[k], trained[k])]
+    assert any("running_mean" in k for k in moved) and any(k.endswith("weight") for k in moved)
+
+
+def test_gradient_elements_are_clamped_before_the_step(
+    tiny_params, data_root, tmp_path, monkeypatch
+):
+    bound = 2.0**-10  # exact in float32
+    tiny_params["models"]["pa_hier"]["train"]["grad_clamp"] = bound
+    config = _config(tiny_params, data_root, model="pa_hier", epochs=1)
+    largest = []
+    real_step = torch.optim.AdamW.step
+
+    def record_then_step(self, *args, **kwargs):
+        grads = [p.grad.abs().max() for g in self.param_groups for p in g["params"]]
+        largest.append(max(float(g) for g in grads))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record_then_step)
+    train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    assert largest and max(largest) == bound  # some elements were larger, all are clamped
+
+
+def test_non_finite_gradient_is_an_error_before_the_step(
+    tiny_params, data_root, tmp_path, monkeypatch
+):
+    from hierpipe import artifacts
+
+    config = _config(tiny_params, data_root, model="pa_hier", epochs=1)
+    real_build = artifacts.build_network
+
+    def poisoned(*args, **kwargs):
+        net, objective = real_build(*args, **kwargs)
+        # a finite loss whose gradient is NaN, as at a point on the ball's boundary
+        net.head.weight.register_hook(lambda grad: grad * math.nan)
+        return net, objective
+
+    monkeypatch.setattr(engine, "build_network", poisoned)
+    with pytest.raises(HierpipeError, match=r"step 1: non-finite gradient in .*'head'"):
+        train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    assert not (tmp_path / "model.pt").exists()
