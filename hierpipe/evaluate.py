@@ -28,6 +28,7 @@ from hierpipe.errors import HierpipeError
 from hierpipe.geometry import pairwise_distances
 from hierpipe.hierarchy import ClassTree
 from hierpipe.io import write_text_atomic
+from hierpipe.losses import build_regularizer
 from hierpipe.losses.hier import GEOMETRIES as HIER_GEOMETRIES
 from hierpipe.metrics import (
     ahd_at_k,
@@ -237,7 +238,15 @@ def _hierarchical_proxies(
     proxies = representatives[representatives["kind"] == "hier_proxy"]
     if proxies.empty:
         return {}
-    geometry = config.regularizer.hyperparameters.get("geometry", "poincare")
+    regularizer = config.regularizer
+    # the regulariser as configured says in which geometry its proxies live
+    geometry = build_regularizer(
+        regularizer.name,
+        regularizer.hyperparameters,
+        embedding_dim=config.backbone.embedding_dim,
+        curvature=config.head.curvature,
+        clip_r=config.head.clip_r,
+    ).geometry
     metric = HIER_GEOMETRIES[geometry]
     leaves = representatives[
         representatives["kind"] == ("ball_prototype" if metric == "poincare" else "prototype")

@@ -49,8 +49,9 @@ def _outputs(root: Path) -> dict[Path, int]:
 
 DEFAULT_RUNS = [
     ("corr", "mds"),
-    ("normface", "dynamic"),
     ("normface", "standard"),
+    ("proxy_anchor", "standard"),
+    ("proxy_anchor_hier", "standard"),
     ("proxydr", "dynamic"),
     ("proxydr", "ema"),
     ("proxydr", "mds"),
@@ -86,6 +87,17 @@ def test_default_experiment_produces_summary_with_every_model(finished_workflow)
     random = json.loads((results / "shapes/random-standard-s1/metrics.json").read_text())["metrics"]
     assert "classification/logits/top1" not in random
     assert "hierarchy/prototype/classwise_spearman" in random
+    # PA + HIER: retrieval in the ball, its hierarchical proxies judged, compared with PA
+    hier = json.loads((results / "shapes/proxy_anchor_hier-standard-s1/metrics.json").read_text())
+    assert hier["regularizer"] == "hier" and hier["loss"] == "proxy_anchor"
+    for key in (
+        "hierarchy/ball_prototype/classwise_spearman",
+        "hierarchy/hier_proxy/induced_norm_rf",
+        "hierarchy/hier_proxy/lca_classwise_spearman",
+    ):
+        assert hier["metrics"][key] is not None, key
+    section = markdown.split("### Against the same loss without the regulariser")[1]
+    assert "| proxy_anchor_hier (standard) | proxy_anchor | 1 |" in section
     # checkpoints are removed once a run is complete
     assert not list(results.rglob("checkpoint"))
 
@@ -160,4 +172,15 @@ def test_proxydr_grid_lists_every_job(tmp_path):
     counts = _job_counts(result.stdout)
     # 14 runs per seed (proxydr.md 4.5) + the untrained baseline, 5 seeds, one dataset
     assert counts["train"] == counts["embed"] == counts["evaluate"] == 15 * 5
+    assert counts["prepare_dataset"] == counts["split_dataset"] == counts["aggregate"] == 1
+
+
+def test_hier_grid_lists_every_job(tmp_path):
+    root = _workflow_copy(tmp_path)
+    result = snakemake(root, "--configfile", "params/hier.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = _job_counts(result.stdout)
+    # PA, PA + HIER (lambda 0.5 and 1, sphere, Euclidean), MS, MS + HIER, Hyp, NormFace + HIER,
+    # ProxyDR + HIER and the untrained baseline, 3 seeds, one dataset
+    assert counts["train"] == counts["embed"] == counts["evaluate"] == 11 * 3
     assert counts["prepare_dataset"] == counts["split_dataset"] == counts["aggregate"] == 1

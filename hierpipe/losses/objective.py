@@ -29,7 +29,7 @@ class Objective(nn.Module):
         if self.regularizer is None:
             return value
         term = self.regularizer(embeddings, labels)
-        self.last_terms = {"loss": float(value), "regularizer": float(term)}
+        self.last_terms = {"loss": value.item(), "regularizer": term.item()}
         return value + self.weight * term
 
     @property
