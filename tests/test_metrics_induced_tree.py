@@ -84,22 +84,25 @@ HAND_CLASSES = np.array([[4, 1], [4, -1], [-4, 1], [-4, -1]], dtype=float)
 
 def test_induced_tree_by_hand():
     tree, internal = induced_tree(HAND_CLASSES, HAND_PROXIES, "euclidean")
-    # c0 -> p4 -> p1 and c1 -> p5 -> p1 collapse to c0, c1 -> p1; p0 has the two children
-    # p1 and p2 and is the single node below the root, so it is the root.
+    # c0 -> p4 -> p1 and c1 -> p5 -> p1 collapse to c0, c1 -> p1. c2 sits on p7 and c3 is
+    # nearest to it too (2 against 3.16 to p2), whatever the depths: classes take their
+    # nearest proxy. p7 -> p2 (its nearest shallower proxy) -> p0; p2 has one child and is
+    # collapsed. p0 has the two children p1 and p7 and is the single node below the root,
+    # so it is the root.
     expected = ClassTree.from_parents(
-        {"p0": None, "p1": "p0", "p2": "p0", "c0": "p1", "c1": "p1", "c2": "p2", "c3": "p2"},
+        {"p0": None, "p1": "p0", "p7": "p0", "c0": "p1", "c1": "p1", "c2": "p7", "c3": "p7"},
         ["c0", "c1", "c2", "c3"],
     )
     assert tree == expected
-    assert tree.paths == (("p1", "c0"), ("p1", "c1"), ("p2", "c2"), ("p2", "c3"))
+    assert tree.paths == (("p1", "c0"), ("p1", "c1"), ("p7", "c2"), ("p7", "c3"))
     assert internal == 3
     np.testing.assert_array_equal(
         tree.distance_matrix(), [[0, 2, 4, 4], [2, 0, 4, 4], [4, 4, 0, 2], [4, 4, 2, 0]]
     )
 
 
-def test_induced_tree_without_shallower_proxies_is_a_star():
-    # Every proxy is deeper than every class: all classes hang from the root.
+def test_proxies_with_one_class_each_give_a_star():
+    # Every class has its own nearest proxy, which has no other child: all are collapsed.
     classes = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     tree, internal = induced_tree(classes, 3 * classes, "euclidean")
     assert tree.paths == (("c0",), ("c1",), ("c2",))
@@ -107,16 +110,19 @@ def test_induced_tree_without_shallower_proxies_is_a_star():
 
 
 def test_poincare_depth_and_distance_decide_the_parent():
-    # x lies Euclidean-nearer to p1 (0.12) than to p2 (0.15), but p2 is nearer the origin, so
-    # Poincaré-nearer (1.47 against 1.94). p3 is nearest to x in both geometries but deeper.
+    # p3 is the nearest proxy of x (c0) in both geometries. For z (c2), p3 is Euclidean-
+    # nearest (0.105 against 0.173 to p2) but p2, nearer the origin, is Poincaré-nearest
+    # (1.66 against 2.04). y (c1) takes p1 in both.
     proxies = np.array([[0, 0], _polar(0.94, 0.12662879915811553), [0.8, 0], _polar(0.96, 0.01)])
     x, y, z = [0.95, 0.0], _polar(0.95, 0.3), _polar(0.95, -0.1)
     classes = np.array([x, y, z])
-    # p1 -> p2 -> p0 in both; p0 then has one child and p2 is the root.
+    # Euclidean: p3 (x, z) -> p1 (with y) -> p2 -> p0; p2 and p0 have one child each, so p1
+    # is the root.
     euclidean, kept = induced_tree(classes, proxies, "euclidean")
-    assert euclidean.paths == (("p1", "c0"), ("p1", "c1"), ("c2",))
+    assert euclidean.paths == (("p3", "c0"), ("c1",), ("p3", "c2"))
     assert kept == 2
-    # x leaves p1 with y alone, so p1 is collapsed.
+    # Poincaré: p3 (x) -> p2 (z) and p1 (y) -> p2; p3 and p1 have one child each and are
+    # collapsed, so p2 holds all three classes: a star.
     poincare, kept = induced_tree(classes, proxies, "poincare", curvature=1.0)
     assert poincare.paths == (("c0",), ("c1",), ("c2",))
     assert kept == 1
@@ -249,7 +255,10 @@ def test_rf_compares_unrooted_and_matches_classes_by_position():
     b = ClassTree.from_paths(
         [("b0",), ("u", "b1"), ("u", "v", "b2"), ("u", "v", "b3"), ("u", "v", "b4")]
     )
-    assert class_tree_robinson_foulds(a, b) == {"rf": 0, "max_rf": 4, "norm_rf": 0.0}
+    assert class_tree_robinson_foulds(a, b) == {"rf": 0, "max_rf": 2, "norm_rf": 0.0}
+    # a star resolves nothing: every split of the other tree is missing from it
+    star = ClassTree.from_paths([(f"a{i}",) for i in range(5)])
+    assert class_tree_robinson_foulds(star, a) == {"rf": 1, "max_rf": 1, "norm_rf": 1.0}
     small = ClassTree.from_paths([("x", "a0"), ("x", "a1"), ("a2",)])
     result = class_tree_robinson_foulds(small, small)
     assert result["rf"] == 0

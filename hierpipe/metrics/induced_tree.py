@@ -159,11 +159,10 @@ def _check_depth_metric(metric: str) -> None:
 def _induced_tree(
     x: torch.Tensor, p: torch.Tensor, metric: str, curvature: float | None
 ) -> tuple[ClassTree, int]:
-    class_depth = _depths(x, metric, curvature)
     proxy_depth = _depths(p, metric, curvature)
-    class_parent = _nearest_shallower(
-        pairwise_distances(x, p, metric, curvature).numpy(), class_depth, proxy_depth
-    )
+    # a class hangs from its nearest proxy whatever its depth: class points are means,
+    # shallower than their samples, and may lie above every proxy
+    class_parent = pairwise_distances(x, p, metric, curvature).numpy().argmin(axis=1)
     proxy_parent = _nearest_shallower(
         pairwise_distances(p, p, metric, curvature).numpy(), proxy_depth, proxy_depth
     )
@@ -195,7 +194,7 @@ def _induced_tree(
     def up(parent: int) -> str:
         return _ROOT if parent < 0 or lifted[parent] < 0 else f"p{lifted[parent]}"
 
-    classes = [f"c{i}" for i in range(len(class_depth))]
+    classes = [f"c{i}" for i in range(len(x))]
     parents: dict[str, str | None] = {_ROOT: None}
     parents.update((name, up(j)) for name, j in zip(classes, class_parent, strict=True))
     parents.update((f"p{j}", up(proxy_parent[j])) for j in np.flatnonzero(kept))
@@ -218,10 +217,12 @@ def induced_tree(
 
     Depth = distance to the origin in the geometry (``poincare``: Poincaré distance to the
     zero vector, increasing with the norm; ``euclidean``: the norm), because HIER places
-    general (ancestor) proxies nearer the origin than their descendants. Each class and each
-    proxy hangs from its nearest proxy (by ``metric``) among those strictly shallower than
-    itself, or from the root if there is none. Equal depths never make a parent (so the
-    links cannot form a cycle); equal distances go to the lowest proxy index.
+    general (ancestor) proxies nearer the origin than their descendants. Each class hangs
+    from its nearest proxy (by ``metric``), and each proxy from its nearest proxy among
+    those strictly shallower than itself, or from the root if there is none. Equal depths
+    never make a parent (so the links cannot form a cycle); equal distances go to the lowest
+    proxy index. Classes are not held to the depth rule: a class point is typically a mean
+    of its samples, shallower than they are, and may lie above every proxy.
 
     Proxies that are no class's ancestor are dropped, and every proxy with a single child is
     collapsed (its child hangs from its parent), so no internal node is unary; if a single
@@ -260,8 +261,11 @@ def class_tree_robinson_foulds(a: ClassTree, b: ClassTree) -> dict[str, int | fl
     least two leaves on each side that are in one tree but not the other, as in
     ``robinson_foulds`` (ete3's ``compare(unrooted=True)``). It is read from the trees'
     structure, so unbalanced trees and multifurcations (fewer splits) are compared exactly.
-    ``max_rf`` = 2 (C - 3), the largest ``rf`` for C leaves, and ``norm_rf`` = rf / max_rf
-    (NaN for C < 4, where rf = max_rf = 0).
+    ``max_rf`` = the number of splits of both trees, the largest ``rf`` they could have, and
+    ``norm_rf`` = rf / max_rf (NaN when neither tree has a split), as ete3 normalises. For
+    two binary trees max_rf = 2 (C - 3), as in ``robinson_foulds``; for multifurcating trees
+    it is smaller, so a tree that resolves nothing (a star: no split) scores norm_rf = 1
+    against any resolved tree rather than looking half right.
     """
     for name, tree in (("a", a), ("b", b)):
         if not isinstance(tree, ClassTree):
@@ -271,9 +275,9 @@ def class_tree_robinson_foulds(a: ClassTree, b: ClassTree) -> dict[str, int | fl
             f"a and b: expected trees over the same classes, got {a.num_classes} and "
             f"{b.num_classes} classes"
         )
-    n = a.num_classes
-    rf = len(_splits(a) ^ _splits(b))
-    max_rf = max(0, 2 * (n - 3))
+    splits_a, splits_b = _splits(a), _splits(b)
+    rf = len(splits_a ^ splits_b)
+    max_rf = len(splits_a) + len(splits_b)
     return {"rf": rf, "max_rf": max_rf, "norm_rf": rf / max_rf if max_rf else float("nan")}
 
 
