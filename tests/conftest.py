@@ -52,6 +52,14 @@ TINY_PARAMS = {
                 "grad_clamp": 10.0,
             },
         },
+        "proxydr_hiersph": {
+            "loss": "proxydr",
+            "regularizer": {
+                "name": "hier",
+                "weight": 1.0,
+                "hyperparameters": {"geometry": "sphere", "num_proxies": 8, "topk": 4},
+            },
+        },
         "ms": {"loss": "multi_similarity", "train": {"samples_per_class": 2}},
         "hyp": {"loss": "hyp_pairwise", "train": {"samples_per_class": 2}},
         "random": {"loss": None},
@@ -67,6 +75,7 @@ TINY_PARAMS = {
         {"model": "proxydr", "options": ["standard", "ema", "dynamic", "mds"]},
         {"model": "corr", "options": ["mds"]},
         {"model": "pa_hier"},
+        {"model": "proxydr_hiersph", "options": ["standard", "dynamic"]},
         {"model": "ms"},
         {"model": "hyp"},
         {"model": "random"},

@@ -53,6 +53,7 @@ def _state_equal(a: dict, b: dict) -> bool:
         ("proxydr", "mds"),
         ("pa_hier", "standard"),  # Gumbel draws, hierarchical proxies, warm-up, BN freezing
         ("hyp", "standard"),  # class-balanced batches, validation by retrieval
+        ("proxydr_hiersph", "dynamic"),  # HIER on the sphere, beside a training option
     ],
 )
 def test_training_is_deterministic_and_resumes_bitwise(
