@@ -1,0 +1,176 @@
+"""CUB-200-2011 (Wah et al. 2011) with its Wikispecies taxonomy: order / family / genus / class.
+
+Source layout (CUB_200_2011.tgz): `CUB_200_2011/{images.txt, image_class_labels.txt,
+classes.txt, train_test_split.txt, images/<NNN.Name>/<file>.jpg}`, every metadata file one
+`<id> <value>` per line. The tree comes from cvjena/semantic-embeddings' `hierarchy_flat.txt`
+and `classes_wikispecies.txt` (CUB class id -> the scientific name of a node of that tree),
+downloaded beside the archive and pinned by sha256 (../shared/hierarchies/README.md).
+
+Besides samples.parquet and classes.parquet, prepare writes the two standard splits:
+`splits/official.parquet` (the dataset's own train/test images, for classification) and
+`splits/metric_learning.parquet` (the first half of the classes, 1-100, train and the rest
+test, hier.md 9.1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from hierpipe.data.fetch import RemoteFile, fetch
+from hierpipe.data.hierarchy_files import class_paths, parse_id_names, parse_indented_tree
+from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.tables import SAMPLES_FILE, SPLITS_DIR, write_classes, write_samples, write_split
+from hierpipe.data.verify import ON_BAD_IMAGE, check_images
+from hierpipe.errors import HierpipeError
+from hierpipe.hierarchy import ClassTree
+
+_HIERARCHY_BASE = (
+    "https://raw.githubusercontent.com/cvjena/semantic-embeddings/master/CUB-Hierarchy"
+)
+FILES = (
+    RemoteFile(
+        "CUB_200_2011.tgz",
+        "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
+        "md5:97eceeb196236b17998738112f37df78",
+    ),
+    RemoteFile(
+        "hierarchy_flat.txt",
+        f"{_HIERARCHY_BASE}/hierarchy_flat.txt",
+        "sha256:046e871012bc43af81d391b2fe258421490cca5b42379827789dcf20facb649e",
+    ),
+    RemoteFile(
+        "classes_wikispecies.txt",
+        f"{_HIERARCHY_BASE}/classes_wikispecies.txt",
+        "sha256:c03b8ce4616043740308579634c3a6fb025c2847f0dc4f7e9fd21d90e7b78f04",
+    ),
+)
+DATASET_DIR = "CUB_200_2011"
+
+
+def _table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A `<id> <value>` metadata file as a frame indexed by id, every id once."""
+    if not path.is_file():
+        raise HierpipeError(f"{path}: missing; expected the CUB-200-2011 metadata file")
+    rows = []
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        key, _, value = raw.strip().partition(" ")
+        if not key.isdigit() or not value.strip():
+            raise HierpipeError(f"{path}, line {number}: expected '<id> <value>', got {raw!r}")
+        rows.append((int(key), value.strip()))
+    frame = pd.DataFrame(rows, columns=columns).set_index(columns[0])
+    if frame.index.has_duplicates:
+        duplicated = frame.index[frame.index.duplicated()].tolist()[:5]
+        raise HierpipeError(f"{path}: id(s) {duplicated} appear more than once")
+    return frame
+
+
+@register_dataset("cub200")
+class CUB200Builder(DatasetBuilder):
+    """CUB-200-2011: 11,788 images of 200 bird species under 13 orders."""
+
+    @dataclass(frozen=True)
+    class Options:
+        on_bad_image: str = "error"
+
+        def __post_init__(self) -> None:
+            if self.on_bad_image not in ON_BAD_IMAGE:
+                raise HierpipeError(
+                    f"dataset 'cub200': on_bad_image={self.on_bad_image!r}; expected one of "
+                    f"{', '.join(ON_BAD_IMAGE)}"
+                )
+
+    def prepare(self, out_dir: Path, options: CUB200Builder.Options, source: str | None) -> None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # samples.parquet marks a complete dataset: gone until this run has written it anew
+        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        raw = fetch(FILES, source, out_dir)
+        if raw.resolve() != (out_dir / "raw").resolve():
+            # an extracted directory given as source: reach it from the dataset directory
+            link = out_dir / "raw"
+            if link.is_symlink():
+                link.unlink()
+            os.symlink(raw.resolve(), link, target_is_directory=True)
+        root = out_dir / "raw" / DATASET_DIR
+        classes = _table(root / "classes.txt", ["class", "name"])
+        images = _table(root / "images.txt", ["image", "path"])
+        labels = _table(root / "image_class_labels.txt", ["image", "class"])
+        is_train = _table(root / "train_test_split.txt", ["image", "is_train"])
+        tree = _tree(out_dir / "raw", classes)
+        for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
+            if not table.index.equals(images.index):
+                raise HierpipeError(
+                    f"{root / name}: its image ids differ from images.txt's "
+                    f"({len(table)} vs {len(images)} rows)"
+                )
+        class_ids = pd.to_numeric(labels["class"], errors="coerce")
+        unknown = sorted(set(class_ids.dropna().astype(int)) - set(classes.index))
+        if class_ids.isna().any() or unknown:
+            raise HierpipeError(
+                f"{root / 'image_class_labels.txt'}: class ids not in classes.txt: {unknown[:5]}"
+            )
+        samples = pd.DataFrame(
+            {
+                "sample_id": images.index.to_numpy(),
+                "path": [f"raw/{DATASET_DIR}/images/{p}" for p in images["path"]],
+                # class ids are 1..200 in classes.txt order; labels are 0-based rows of it
+                "label": class_ids.map({c: row for row, c in enumerate(classes.index)}).to_numpy(),
+            }
+        )
+        good = check_images(out_dir, samples["path"].tolist(), options.on_bad_image)
+        samples = samples.iloc[good].reset_index(drop=True)
+        kept = images.index[good]
+        official = is_train.loc[kept, "is_train"].map({"1": "train", "0": "test"})
+        if official.isna().any():
+            raise HierpipeError(f"{root / 'train_test_split.txt'}: expected 0 or 1 per image")
+        splits = out_dir / SPLITS_DIR
+        write_split(
+            splits / "official.parquet",
+            samples["sample_id"],
+            official.to_numpy(),
+            {"scheme": "official", "source": "train_test_split.txt"},
+        )
+        train_classes = len(classes) // 2  # 100 of the 200
+        write_split(
+            splits / "metric_learning.parquet",
+            samples["sample_id"],
+            ["train" if label < train_classes else "test" for label in samples["label"]],
+            {"scheme": "metric_learning", "train_classes": train_classes},
+        )
+        write_classes(out_dir, tree)
+        write_samples(out_dir, samples)
+
+
+def _tree(raw: Path, classes: pd.DataFrame) -> ClassTree:
+    """Class paths order / family / genus / class name from the Wikispecies files.
+
+    The leaf is the dataset's own class name (e.g. `001.Black_footed_Albatross`) in place of
+    the scientific name; four classes are named by a genus and sit one level higher.
+    """
+    texts = {}
+    for name in ("hierarchy_flat.txt", "classes_wikispecies.txt"):
+        if not (raw / name).is_file():
+            raise HierpipeError(
+                f"{raw / name}: missing; a CUB source directory must hold {name} beside "
+                f"{DATASET_DIR}/ (from {_HIERARCHY_BASE})"
+            )
+        texts[name] = (raw / name).read_text()
+    nodes = parse_indented_tree(texts["hierarchy_flat.txt"], str(raw / "hierarchy_flat.txt"))
+    scientific = parse_id_names(
+        texts["classes_wikispecies.txt"], str(raw / "classes_wikispecies.txt")
+    )
+    if set(scientific) != set(classes.index):
+        raise HierpipeError(
+            f"{raw / 'classes_wikispecies.txt'}: its class ids do not match classes.txt "
+            f"({len(scientific)} vs {len(classes)} classes)"
+        )
+    paths = class_paths([scientific[c] for c in classes.index], nodes, "hierarchy_flat.txt")
+    return ClassTree.from_paths(
+        [(*path[:-1], name) for path, name in zip(paths, classes["name"], strict=True)]
+    )
