@@ -42,7 +42,7 @@ def _data_split(args: argparse.Namespace) -> None:
     fractions = {
         k: float(v) for k, v in _key_values(args.fractions.split(","), "--fractions").items()
     }
-    make_split(args.root, args.name, args.scheme, fractions, args.seed)
+    make_split(args.root, args.name, args.scheme, fractions, args.seed, args.predefined)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -104,7 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--name", required=True, help="split name: writes <root>/splits/<name>.parquet"
     )
-    split.add_argument("--scheme", required=True, help="by_image or by_class")
+    split.add_argument("--scheme", required=True, help="by_image, by_class or predefined")
+    split.add_argument(
+        "--predefined", help="with --scheme predefined: the dataset's own split, e.g. official"
+    )
     split.add_argument(
         "--fractions", required=True, metavar="SUBSET=F,...", help="e.g. train=0.6,val=0.2,test=0.2"
     )

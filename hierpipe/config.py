@@ -31,10 +31,13 @@ class SplitConfig:
         default_factory=lambda: {"train": 0.6, "val": 0.2, "test": 0.2}
     )
     seed: int = 0
+    predefined: str | None = None
 
     @property
     def name(self) -> str:
         """Readable and unique per split: experiments that split differently never share it."""
+        if self.scheme == "predefined":
+            return f"predefined-{self.predefined}"
         fractions = "-".join(
             f"{subset}{fraction * 100:g}" for subset, fraction in self.fractions.items()
         )

@@ -13,7 +13,7 @@ from http_server import serve_directory
 from PIL import Image
 
 from hierpipe.cli import main
-from hierpipe.data import cub200, read_dataset, read_split
+from hierpipe.data import cub200, make_split, read_dataset, read_split
 from hierpipe.errors import HierpipeError
 
 CLASSES = [
@@ -117,12 +117,35 @@ def test_prepare_downloads_verifies_and_writes_the_tables(tmp_path, monkeypatch)
     assert tree.classes == tuple(CLASSES)
     assert tree.paths[0] == ("Procellariiformes", "Diomedeidae", "Phoebastria", CLASSES[0])
     assert tree.paths[3] == ("Cuculiformes", "Cuculidae", CLASSES[3])  # genus-named class
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                str(out),
+                "--name",
+                "official",
+                "--scheme",
+                "predefined",
+                "--predefined",
+                "official",
+                "--fractions",
+                "train=1",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     official, description = read_split(out / "splits/official.parquet")
     assert official["subset"].tolist() == [r[3] for r in rows]
-    assert description["scheme"] == "official"
-    metric, _ = read_split(out / "splits/metric_learning.parquet")
+    assert description == {"scheme": "predefined", "predefined": "official"}
+    make_split(out, "ml", "predefined", {}, 0, predefined="metric_learning")
+    metric, _ = read_split(out / "splits/ml.parquet")
     # the first half of the classes train, the rest are retrieved
     assert metric["subset"].tolist() == ["train"] * 6 + ["test"] * 6
+    with pytest.raises(HierpipeError, match=r"no predefined split 'query'; .* official"):
+        make_split(out, "q", "predefined", {}, 0, predefined="query")
 
 
 def test_same_archive_gives_byte_identical_tables(tmp_path, monkeypatch):
@@ -131,7 +154,7 @@ def test_same_archive_gives_byte_identical_tables(tmp_path, monkeypatch):
         _pin(monkeypatch, mirror, server.url)
         for out in ("a", "b"):
             cub200.CUB200Builder().prepare(tmp_path / out, cub200.CUB200Builder.Options(), None)
-    for name in ("samples.parquet", "classes.parquet", "splits/official.parquet"):
+    for name in ("samples.parquet", "classes.parquet", "predefined_splits.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -174,6 +197,7 @@ def test_missing_and_corrupt_images_are_named(tmp_path, monkeypatch):
         builder.prepare(tmp_path / "lenient", builder.Options(on_bad_image="skip"), None)
     samples = pd.read_parquet(tmp_path / "lenient/samples.parquet")
     assert len(samples) == 10
+    make_split(tmp_path / "lenient", "official", "predefined", {}, 0, predefined="official")
     assert len(read_split(tmp_path / "lenient/splits/official.parquet")[0]) == 10
 
 

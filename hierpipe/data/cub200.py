@@ -6,10 +6,10 @@ classes.txt, train_test_split.txt, images/<NNN.Name>/<file>.jpg}`, every metadat
 and `classes_wikispecies.txt` (CUB class id -> the scientific name of a node of that tree),
 downloaded beside the archive and pinned by sha256 (../shared/hierarchies/README.md).
 
-Besides samples.parquet and classes.parquet, prepare writes the two standard splits:
-`splits/official.parquet` (the dataset's own train/test images, for classification) and
-`splits/metric_learning.parquet` (the first half of the classes, 1-100, train and the rest
-test, hier.md 9.1).
+Besides samples.parquet and classes.parquet, prepare writes the two standard splits as
+predefined splits (split scheme `predefined`): `official` (the dataset's own train/test
+images, for classification) and `metric_learning` (the first half of the classes, 1-100,
+train and the rest test, hier.md 9.1).
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ import pandas as pd
 from hierpipe.data.fetch import RemoteFile, fetch
 from hierpipe.data.hierarchy_files import class_paths, parse_id_names, parse_indented_tree
 from hierpipe.data.registry import DatasetBuilder, register_dataset
-from hierpipe.data.tables import SAMPLES_FILE, SPLITS_DIR, write_classes, write_samples, write_split
+from hierpipe.data.tables import (
+    SAMPLES_FILE,
+    write_classes,
+    write_predefined_splits,
+    write_samples,
+)
 from hierpipe.data.verify import ON_BAD_IMAGE, check_images
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
@@ -129,19 +134,16 @@ class CUB200Builder(DatasetBuilder):
         official = is_train.loc[kept, "is_train"].map({"1": "train", "0": "test"})
         if official.isna().any():
             raise HierpipeError(f"{root / 'train_test_split.txt'}: expected 0 or 1 per image")
-        splits = out_dir / SPLITS_DIR
-        write_split(
-            splits / "official.parquet",
-            samples["sample_id"],
-            official.to_numpy(),
-            {"scheme": "official", "source": "train_test_split.txt"},
-        )
         train_classes = len(classes) // 2  # 100 of the 200
-        write_split(
-            splits / "metric_learning.parquet",
+        write_predefined_splits(
+            out_dir,
             samples["sample_id"],
-            ["train" if label < train_classes else "test" for label in samples["label"]],
-            {"scheme": "metric_learning", "train_classes": train_classes},
+            {
+                "official": official.tolist(),
+                "metric_learning": [
+                    "train" if label < train_classes else "test" for label in samples["label"]
+                ],
+            },
         )
         write_classes(out_dir, tree)
         write_samples(out_dir, samples)

@@ -1,4 +1,5 @@
-"""Deterministic dataset splits: stratified by image, or class-disjoint for metric learning."""
+"""Deterministic dataset splits: stratified by image, class-disjoint for metric learning, or
+one the dataset defines itself (official train/test, predefined_splits.parquet)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from hierpipe.data.tables import SPLITS_DIR, read_dataset, write_split
+from hierpipe.data.tables import SPLITS_DIR, read_dataset, read_predefined_split, write_split
 from hierpipe.errors import HierpipeError
 
 _FRACTION_TOLERANCE = 1e-6
@@ -80,22 +82,47 @@ def split_by_class(labels: np.ndarray, fractions: Mapping[str, float], seed: int
 
 
 SCHEMES = {"by_image": split_by_image, "by_class": split_by_class}
+PREDEFINED = "predefined"
 
 
 def make_split(
-    root: str | Path, name: str, scheme: str, fractions: Mapping[str, float], seed: int
+    root: str | Path,
+    name: str,
+    scheme: str,
+    fractions: Mapping[str, float],
+    seed: int,
+    predefined: str | None = None,
 ) -> Path:
-    """Compute a split of the dataset at ``root`` and write ``<root>/splits/<name>.parquet``."""
-    if scheme not in SCHEMES:
-        raise HierpipeError(f"unknown split scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    """Compute a split of the dataset at ``root`` and write ``<root>/splits/<name>.parquet``.
+
+    ``scheme="predefined"`` copies the dataset's own split ``predefined`` (fractions and seed
+    do not apply).
+    """
+    if scheme not in (*SCHEMES, PREDEFINED):
+        known = ", ".join((*SCHEMES, PREDEFINED))
+        raise HierpipeError(f"unknown split scheme {scheme!r}; known: {known}")
+    if (scheme == PREDEFINED) != (predefined is not None):
+        raise HierpipeError(
+            f"split scheme {scheme!r} with predefined={predefined!r}: a predefined split name "
+            "goes with scheme 'predefined' and only with it"
+        )
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise HierpipeError(f"split name {name!r}: expected a plain file name stem")
     root = Path(root)
     samples, _ = read_dataset(root)
     # Order by sample_id so that the split does not depend on the row order of the table.
     samples = samples.sort_values("sample_id", kind="stable")
-    subsets = SCHEMES[scheme](samples["label"].to_numpy(), fractions, seed)
-    description = {"scheme": scheme, "seed": seed, "fractions": dict(fractions)}
+    if scheme == PREDEFINED:
+        given = read_predefined_split(root, predefined).set_index("sample_id")["subset"]
+        subsets = given.reindex(samples["sample_id"]).to_numpy()
+        if pd.isna(subsets).any():
+            raise HierpipeError(
+                f"{root}: predefined split {predefined!r} does not cover every sample"
+            )
+        description = {"scheme": scheme, "predefined": predefined}
+    else:
+        subsets = SCHEMES[scheme](samples["label"].to_numpy(), fractions, seed)
+        description = {"scheme": scheme, "seed": seed, "fractions": dict(fractions)}
     return write_split(
         root / SPLITS_DIR / f"{name}.parquet", samples["sample_id"].to_numpy(), subsets, description
     )

@@ -6,6 +6,8 @@
                                   ancestors list<string> (level-0 ancestor down to the parent)
 ``<root>/splits/<name>.parquet``  sample_id int64, subset string; schema metadata
                                   ``hierpipe.split`` holds the split's description as JSON
+``<root>/predefined_splits.parquet``  (datasets with official splits) sample_id int64 and
+                                  one string column of subset names per predefined split
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from hierpipe.io import read_parquet, write_parquet_atomic
 SAMPLES_FILE = "samples.parquet"
 CLASSES_FILE = "classes.parquet"
 SPLITS_DIR = "splits"
+PREDEFINED_SPLITS_FILE = "predefined_splits.parquet"
 SPLIT_METADATA_KEY = b"hierpipe.split"
 
 SAMPLES_SCHEMA = pa.schema(
@@ -117,6 +120,44 @@ def write_samples(root: str | Path, df: pd.DataFrame) -> Path:
     # Drop the pandas metadata: the file should depend on the data, not on the pandas version.
     write_parquet_atomic(table.replace_schema_metadata(None), path)
     return path
+
+
+def write_predefined_splits(
+    root: str | Path, sample_ids: Sequence[int] | np.ndarray, splits: dict[str, Sequence[str]]
+) -> Path:
+    """Write the dataset's own splits (e.g. official train/test): a subset per sample each.
+
+    Prepare writes it before samples.parquet; `make_split(..., scheme="predefined")` turns a
+    column into a split file like any other.
+    """
+    path = Path(root) / PREDEFINED_SPLITS_FILE
+    columns = {"sample_id": pa.array(np.asarray(sample_ids)).cast(pa.int64())}
+    for name, subsets in splits.items():
+        if len(subsets) != len(columns["sample_id"]):
+            raise HierpipeError(
+                f"{path}: split {name!r} has {len(subsets)} subsets for "
+                f"{len(columns['sample_id'])} samples; expected one each"
+            )
+        columns[name] = pa.array(list(subsets), type=pa.string())
+    write_parquet_atomic(pa.table(columns), path)
+    return path
+
+
+def read_predefined_split(root: str | Path, name: str) -> pd.DataFrame:
+    """sample_id and subset of the dataset's predefined split ``name``."""
+    path = Path(root) / PREDEFINED_SPLITS_FILE
+    if not path.is_file():
+        raise HierpipeError(
+            f"{path}: missing; this dataset defines no splits of its own (use by_image or by_class)"
+        )
+    table = read_parquet(path)
+    names = [c for c in table.column_names if c != "sample_id"]
+    if name not in names:
+        raise HierpipeError(
+            f"{path}: no predefined split {name!r}; this dataset has {', '.join(names) or 'none'}"
+        )
+    frame = table.select(["sample_id", name]).to_pandas()
+    return frame.rename(columns={name: "subset"})
 
 
 def read_samples(root: str | Path) -> pd.DataFrame:

@@ -53,6 +53,11 @@ def dataset_split(wildcards):
     return split
 
 
+def predefined_option(wildcards):
+    predefined = dataset_split(wildcards).predefined
+    return f"--predefined {predefined}" if predefined else ""
+
+
 def all_metrics():
     return [
         f"{RESULTS}/{dataset}/{run}/metrics.json"

@@ -25,6 +25,7 @@ rule split_dataset:
         "data/{dataset}/splits/{split}.parquet",
     params:
         split=dataset_split,
+        predefined=predefined_option,
     log:
         "logs/data/{dataset}/split-{split}.log",
     benchmark:
@@ -32,5 +33,5 @@ rule split_dataset:
     shell:
         "hierpipe data split data/{wildcards.dataset} --name {wildcards.split}"
         " --scheme {params.split.scheme} --seed {params.split.seed}"
-        " --fractions {params.split.fractions_arg}"
+        " --fractions {params.split.fractions_arg} {params.predefined}"
         " > {log} 2>&1"
