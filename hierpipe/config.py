@@ -69,6 +69,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     num_workers: int = 0
     augment: str = "none"
+    image_size: int | None = None
+    crop_scale_min: float = 0.08
+    normalize: str = "none"
     optimizer: str = "adam"
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     lr_decay_every: int | None = None

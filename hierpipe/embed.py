@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from hierpipe.artifacts import TrainedModel, load_model
 from hierpipe.data import ImageTableDataset, read_dataset, read_split
-from hierpipe.data.transforms import build_transform
+from hierpipe.data.transforms import recipe_transforms
 from hierpipe.embeddings import (
     Embeddings,
     class_prototypes,
@@ -41,7 +41,7 @@ def export_embeddings(
         table["sample_id"].to_numpy(),
         table["path"].tolist(),
         table["label"].to_numpy(),
-        build_transform("none"),
+        recipe_transforms(config.train)[1],
     )
     device = select_device()
     net = trained.net.to(device).eval()

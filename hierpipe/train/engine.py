@@ -29,7 +29,7 @@ from hierpipe.artifacts import build_network, load_torch, save_model, save_torch
 from hierpipe.config import LR_GROUPS, RunConfig, TrainConfig
 from hierpipe.data import ImageTableDataset, read_dataset, read_split
 from hierpipe.data.samplers import ClassBalancedBatchSampler
-from hierpipe.data.transforms import build_transform
+from hierpipe.data.transforms import recipe_transforms
 from hierpipe.errors import HierpipeError
 from hierpipe.io import write_parquet_atomic
 from hierpipe.losses import Objective
@@ -70,8 +70,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
         raise HierpipeError(f"{config.split_path}: no samples in subset 'train'")
     class_ids = sorted(int(c) for c in train["label"].unique())
     val = table[(table["subset"] == "val") & table["label"].isin(class_ids)]
-    train_transform = build_transform(config.train.augment)
-    eval_transform = build_transform("none")
+    train_transform, eval_transform = recipe_transforms(config.train)
     return TrainingData(
         train=_image_dataset(config, train, class_ids, train_transform),
         val=_image_dataset(config, val, class_ids, eval_transform) if len(val) else None,
