@@ -113,6 +113,7 @@ class RegularizerConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     subset: str = "test"
+    gallery: str | None = None
     retrieval_ks: tuple[int, ...] = (1, 2, 4, 8)
     distance: str = "auto"
     hs_ks: tuple[int, ...] = (1, 50, 100, 150, 200, 250)

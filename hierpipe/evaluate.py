@@ -163,19 +163,41 @@ def _classification(
 def _retrieval(
     config: RunConfig, embeddings: Embeddings, subset: np.ndarray, tree_dist: np.ndarray
 ) -> dict[str, float]:
-    """Flat retrieval and hierarchical similarity (HS@k, AHS), each item querying the rest."""
-    vectors, labels = embeddings.embedding[subset], embeddings.label[subset]
+    """Flat retrieval and hierarchical similarity (HS@k, AHS).
+
+    Each item of the evaluation subset queries the rest of it, or, with `evaluate.gallery`
+    (In-shop), the items of the gallery subset, none of which is a query (hier.md 8.2: no
+    index mask is needed, so none is applied).
+    """
     settings = config.evaluate
+    queries, labels = embeddings.embedding[subset], embeddings.label[subset]
     space = {"distance": settings.distance, "curvature": _curvature(config, settings.distance)}
-    metrics = retrieval_metrics(vectors, labels, ks=settings.retrieval_ks, **space)
-    # HS@k needs k neighbours besides the query itself: small test sets cap the depth
-    depth = min(max(settings.hs_ks), settings.ahs_k_max, len(labels) - 1)
+    if settings.gallery is None:
+        reference, reference_labels = None, labels
+    else:
+        in_gallery = embeddings.split == settings.gallery
+        if not in_gallery.any():
+            raise HierpipeError(f"evaluate.gallery: no samples in subset {settings.gallery!r}")
+        reference, reference_labels = embeddings.embedding[in_gallery], embeddings.label[in_gallery]
+    metrics = retrieval_metrics(
+        queries,
+        labels,
+        reference,
+        None if reference is None else reference_labels,
+        ks=settings.retrieval_ks,
+        **space,
+    )
+    self_excluded = reference is None
+    # HS@k needs k neighbours besides the query itself: small sets cap the depth
+    available = len(reference_labels) - int(self_excluded)
+    depth = min(max(settings.hs_ks), settings.ahs_k_max, available)
     if depth >= 2:
-        neighbours = nearest_neighbours(vectors, depth, **space)
-        knn_labels = labels[neighbours]
+        neighbours = nearest_neighbours(queries, depth, reference, **space)
+        knn_labels = reference_labels[neighbours]
         ks = sorted({min(k, depth) for k in settings.hs_ks})
-        metrics.update(hierarchical_similarity_at_k(labels, knn_labels, labels, tree_dist, ks))
-        metrics["ahs"] = ahs(labels, knn_labels, labels, tree_dist, k_max=depth)
+        hs_inputs = (labels, knn_labels, reference_labels, tree_dist)
+        metrics.update(hierarchical_similarity_at_k(*hs_inputs, ks, exclude_self=self_excluded))
+        metrics["ahs"] = ahs(*hs_inputs, k_max=depth, exclude_self=self_excluded)
         metrics["ahs_k"] = depth
     return _prefixed("retrieval", metrics)
 

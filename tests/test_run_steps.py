@@ -372,3 +372,33 @@ def test_non_finite_gradient_is_an_error_before_the_step(
     with pytest.raises(HierpipeError, match=r"step 1: non-finite gradient in .*'head'"):
         train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_queries_retrieve_from_a_gallery_subset(exported, tmp_path):
+    from dataclasses import replace
+
+    config, out = exported
+    config = replace(config, evaluate=replace(config.evaluate, subset="test", gallery="val"))
+    metrics = evaluate_run(
+        config, out / "embeddings.parquet", out / "representatives.parquet", tmp_path / "m.json"
+    )
+    embeddings = read_embeddings(out / "embeddings.parquet")
+    query, gallery = embeddings.split == "test", embeddings.split == "val"
+    expected = retrieval_metrics(
+        embeddings.embedding[query],
+        embeddings.label[query],
+        embeddings.embedding[gallery],
+        embeddings.label[gallery],
+        ks=(1, 2),
+    )
+    assert metrics["retrieval/recall@1"] == pytest.approx(expected["recall@1"])
+    assert metrics["retrieval/map@r"] == pytest.approx(expected["map@r"])
+    # every gallery item can be a neighbour: nothing is excluded as "self"
+    assert metrics["retrieval/ahs_k"] == min(250, gallery.sum())
+    with pytest.raises(HierpipeError, match=r"evaluate\.gallery: no samples in subset 'query'"):
+        evaluate_run(
+            replace(config, evaluate=replace(config.evaluate, gallery="query")),
+            out / "embeddings.parquet",
+            out / "representatives.parquet",
+            tmp_path / "m2.json",
+        )
