@@ -165,11 +165,15 @@ def run_id(model: str, option: str, seed: int) -> str:
     return f"{model}-{option}-s{seed}"
 
 
-def grid(params: Mapping[str, Any]) -> list[tuple[str, str, int]]:
-    """Every (model, option set, seed) of the params, in params order."""
+def grid(params: Mapping[str, Any]) -> list[tuple[str, str, str, int]]:
+    """Every (dataset, model, option set, seed) of the params, in params order.
+
+    A runs entry covers every dataset unless it lists its own `datasets`.
+    """
     return [
-        (entry["model"], option, seed)
+        (dataset, entry["model"], option, seed)
         for entry in params["runs"]
+        for dataset in entry.get("datasets") or params["datasets"]
         for option in entry.get("options", [STANDARD_OPTION])
         for seed in params.get("seeds", [1])
     ]
@@ -195,19 +199,34 @@ def check_params(params: Mapping[str, Any]) -> None:
 
     for dataset in params["datasets"]:
         get_dataset(dataset)
-    for model in params["models"]:
-        try:
-            _check_model(params, model)
-        except HierpipeError as error:
-            raise HierpipeError(f"params: models.{model}: {error}") from error
-    from hierpipe.train.options import check_option_set
-
-    for model, option, _ in grid(params):
+    runs = grid(params)
+    for entry in params["runs"]:
+        unknown = sorted(set(entry.get("datasets") or []) - set(params["datasets"]))
+        if unknown:
+            raise HierpipeError(
+                f"params: runs of model {entry['model']!r} name dataset(s) {unknown}, which "
+                f"are not defined under datasets (defined: {sorted(params['datasets'])})"
+            )
+    for _, model, _, _ in runs:
         if model not in params["models"]:
             raise HierpipeError(
                 f"params: runs lists model {model!r}, which is not defined under models "
                 f"(defined: {sorted(params['models'])})"
             )
+    # every model with the settings of each dataset it runs on (unused models: all datasets)
+    pairs = dict.fromkeys((dataset, model) for dataset, model, _, _ in runs)
+    used = {model for _, model in pairs}
+    pairs.update(
+        dict.fromkeys((d, m) for m in params["models"] if m not in used for d in params["datasets"])
+    )
+    for dataset, model in pairs:
+        try:
+            _check_model(params, dataset, model)
+        except HierpipeError as error:
+            raise HierpipeError(f"params: models.{model} on {dataset}: {error}") from error
+    from hierpipe.train.options import check_option_set
+
+    for _, model, option, _ in runs:
         training_options = option_set(params, option)
         loss = params["models"][model]["loss"]
         if loss is None and training_options:
@@ -221,9 +240,12 @@ def check_params(params: Mapping[str, Any]) -> None:
             except HierpipeError as error:
                 message = f"params: model {model!r} with option set {option!r}: {error}"
                 raise HierpipeError(message) from error
-    backbone = params.get("backbone", {}).get("name", BackboneConfig.name)
-    if not timm.is_model(backbone):
-        raise HierpipeError(f"params: backbone.name {backbone!r} is not a timm model name")
+    for model in params["models"]:
+        backbone = model_backbone(params, model).name
+        if not timm.is_model(backbone):
+            raise HierpipeError(
+                f"params: backbone.name {backbone!r} (models.{model}) is not a timm model name"
+            )
     fractions = [d.get("split", {}).get("fractions") for d in params["datasets"].values()]
     for dataset, fraction in zip(params["datasets"], fractions, strict=True):
         if fraction is not None and abs(sum(fraction.values()) - 1.0) > 1e-6:
@@ -233,7 +255,7 @@ def check_params(params: Mapping[str, Any]) -> None:
             )
 
 
-def _check_model(params: Mapping[str, Any], model: str) -> None:
+def _check_model(params: Mapping[str, Any], dataset: str, model: str) -> None:
     """Build a throwaway of everything the model defines, so bad settings fail before any job."""
     from hierpipe.losses import LOSSES, build_loss, build_regularizer, required_head
     from hierpipe.models import check_head
@@ -246,8 +268,8 @@ def _check_model(params: Mapping[str, Any], model: str) -> None:
         )
     head = model_head(params, model)
     check_head(head.space, head.curvature, head.clip_r)
-    train = model_train(params, model)
-    embedding_dim = params.get("backbone", {}).get("embedding_dim", BackboneConfig.embedding_dim)
+    train = run_train(params, dataset, model)
+    embedding_dim = model_backbone(params, model).embedding_dim
     geometry = {"embedding_dim": embedding_dim, "curvature": head.curvature, "clip_r": head.clip_r}
     if loss is None:
         if definition.get("regularizer") is not None or definition.get("train"):
@@ -281,7 +303,7 @@ def _check_model(params: Mapping[str, Any], model: str) -> None:
                 f"regularizer {regularizer.name!r} mines each sample's top-{topk} neighbours, "
                 f"more than the batch of {train.batch_size}; lower topk or raise batch_size"
             )
-    distance = params.get("evaluate", {}).get("distance", "auto")
+    distance = run_evaluate(params, dataset, head).distance
     if distance == "poincare" and head.space != "poincare":
         raise HierpipeError(
             f"evaluate.distance is poincare but the head space is {head.space!r}; use auto"
@@ -301,10 +323,29 @@ def model_head(params: Mapping[str, Any], model: str) -> HeadConfig:
     return _build(HeadConfig, head, f"models.{model}.head")
 
 
-def model_train(params: Mapping[str, Any], model: str) -> TrainConfig:
-    """The experiment's training settings with the model's own overrides on top."""
-    merged = {**params.get("train", {}), **(params["models"][model].get("train") or {})}
-    return _build(TrainConfig, merged, f"train (with models.{model}.train)")
+def run_train(params: Mapping[str, Any], dataset: str, model: str) -> TrainConfig:
+    """The training settings of `model` on `dataset`: the experiment's, then the dataset's
+    overrides, then the model's."""
+    merged = {
+        **params.get("train", {}),
+        **(params["datasets"][dataset].get("train") or {}),
+        **(params["models"][model].get("train") or {}),
+    }
+    return _build(TrainConfig, merged, f"train (datasets.{dataset}.train, models.{model}.train)")
+
+
+def model_backbone(params: Mapping[str, Any], model: str) -> BackboneConfig:
+    """The experiment's backbone with the model's overrides (Table 1 varies it per model)."""
+    merged = {**params.get("backbone", {}), **(params["models"][model].get("backbone") or {})}
+    return _build(BackboneConfig, merged, f"backbone (with models.{model}.backbone)")
+
+
+def run_evaluate(params: Mapping[str, Any], dataset: str, head: HeadConfig) -> EvaluateConfig:
+    """The evaluation settings on `dataset` (its overrides on top), `auto` distance resolved."""
+    merged = {**params.get("evaluate", {}), **(params["datasets"][dataset].get("evaluate") or {})}
+    if merged.get("distance", EvaluateConfig.distance) == "auto":
+        merged["distance"] = "poincare" if head.space == "poincare" else "cosine"
+    return _build(EvaluateConfig, merged, f"evaluate (with datasets.{dataset}.evaluate)")
 
 
 def regularizer_config(params: Mapping[str, Any], model: str) -> RegularizerConfig | None:
@@ -334,9 +375,6 @@ def resolve_run_config(
         raise HierpipeError(f"params: no model {model!r} (have {sorted(params['models'])})")
     definition = params["models"][model]
     head = model_head(params, model)
-    evaluate = dict(params.get("evaluate", {}))
-    if evaluate.get("distance", EvaluateConfig.distance) == "auto":
-        evaluate["distance"] = "poincare" if head.space == "poincare" else "cosine"
     return RunConfig(
         experiment=params["experiment"],
         dataset=dataset,
@@ -350,9 +388,9 @@ def resolve_run_config(
         seed=int(seed),
         head=head,
         regularizer=regularizer_config(params, model),
-        backbone=_build(BackboneConfig, params.get("backbone", {}), "backbone"),
-        train=model_train(params, model),
-        evaluate=_build(EvaluateConfig, evaluate, "evaluate"),
+        backbone=model_backbone(params, model),
+        train=run_train(params, dataset, model),
+        evaluate=run_evaluate(params, dataset, head),
     )
 
 

@@ -46,7 +46,7 @@ def test_valid_params_pass(tiny_params):
     [
         (
             lambda p: p["models"]["softmax"].update(loss="arcface"),
-            r"models\.softmax: loss is 'arcface'",
+            r"models\.softmax on shapes: loss is 'arcface'",
         ),
         (lambda p: p["runs"].append({"model": "hier"}), r"runs lists model 'hier'"),
         (
@@ -69,10 +69,13 @@ def test_valid_params_pass(tiny_params):
             r"ema",
         ),
         (lambda p: p["datasets"].update(imagenet21k={}), r"unknown dataset 'imagenet21k'"),
-        (lambda p: p["backbone"].update(name="resnet9000"), r"'resnet9000' is not a timm model"),
+        (
+            lambda p: p["backbone"].update(name="resnet9000"),
+            r"'resnet9000' \(models\.softmax\) is not a timm",
+        ),
         (
             lambda p: p["models"]["proxydr"]["hyperparameters"].update(margin=0.1),
-            r"models\.proxydr: unknown hyperparameter\(s\) 'margin'",
+            r"models\.proxydr on shapes: unknown hyperparameter\(s\) 'margin'",
         ),
         (
             lambda p: p["datasets"]["shapes"]["split"]["fractions"].update(test=0.5),
@@ -95,12 +98,13 @@ def _hier(params: dict) -> dict:
     [
         (
             lambda p: _hier(p)["regularizer"]["hyperparameters"].update(topk=9, num_proxies=16),
-            r"models\.pa_hier: regularizer 'hier' mines each sample's top-9 neighbours, more "
-            r"than the batch of 8",
+            r"models\.pa_hier on shapes: regularizer 'hier' mines each sample's top-9 "
+            r"neighbours, more than the batch of 8",
         ),
         (
             lambda p: _hier(p).update(head={"space": "sphere"}),
-            r"models\.pa_hier: regularizer 'hier' measures in the Poincaré ball; set head\.space",
+            r"models\.pa_hier on shapes: regularizer 'hier' measures in the Poincaré ball; "
+            r"set head\.space",
         ),
         (
             lambda p: _hier(p)["regularizer"].update(name="hierarchy"),
@@ -116,7 +120,7 @@ def _hier(params: dict) -> dict:
         ),
         (
             lambda p: p["models"]["hyp"].update(train={}),
-            r"models\.hyp: loss 'hyp_pairwise' pairs the samples of each class",
+            r"models\.hyp on shapes: loss 'hyp_pairwise' pairs the samples of each class",
         ),
         (
             lambda p: p["models"]["hyp"].update(head={"space": "sphere"}),
@@ -128,11 +132,12 @@ def _hier(params: dict) -> dict:
         ),
         (
             lambda p: p["models"]["random"].update(regularizer={"name": "hier"}),
-            r"models\.random: an untrained model \(loss null\) takes no regularizer",
+            r"models\.random on shapes: an untrained model \(loss null\) takes no regularizer",
         ),
         (
             lambda p: p["evaluate"].update(distance="poincare"),
-            r"models\.softmax: evaluate\.distance is poincare but the head space is 'euclidean'",
+            r"models\.softmax on shapes: evaluate\.distance is poincare but the head space "
+            r"is 'euclidean'",
         ),
     ],
 )
@@ -152,7 +157,7 @@ def test_curvature_of_the_head_must_be_positive(tiny_params):
     _hier(tiny_params)["head"]["curvature"] = 0.1
     params = validated(tiny_params)
     _hier(params)["head"]["curvature"] = -1.0
-    with pytest.raises(HierpipeError, match=r"models\.pa_hier: curvature: must be > 0"):
+    with pytest.raises(HierpipeError, match=r"models\.pa_hier on shapes: curvature: must be > 0"):
         check_params(params)
 
 
@@ -172,3 +177,34 @@ def test_model_settings_resolve_into_the_run_config(tiny_params):
     softmax = resolve_run_config(validated(tiny_params), "shapes", "softmax", "standard", 1)
     assert softmax.head.space == "euclidean" and softmax.evaluate.distance == "cosine"
     assert softmax.regularizer is None and softmax.train.optimizer == "adam"
+
+
+def test_datasets_and_models_override_settings_and_runs_pick_datasets(tiny_params):
+    from hierpipe.config import grid
+
+    shapes = tiny_params["datasets"]["shapes"]
+    tiny_params["datasets"]["small"] = {**shapes, "train": {"epochs": 7, "lr": 0.5}}
+    tiny_params["datasets"]["small"]["evaluate"] = {"subset": "val", "gallery": "test"}
+    tiny_params["models"]["pa_hier"]["backbone"] = {"embedding_dim": 16}
+    tiny_params["runs"] = [
+        {"model": "pa_hier", "datasets": ["small"]},
+        {"model": "softmax"},
+    ]
+    params = validated(tiny_params)
+    assert [(d, m) for d, m, _, _ in grid(params)] == [
+        ("small", "pa_hier"),
+        ("shapes", "softmax"),
+        ("small", "softmax"),
+    ]
+    config = resolve_run_config(params, "small", "pa_hier", "standard", 1)
+    # experiment lr 1e-3 < dataset 0.5; the model's own train keys (optimizer) win over both
+    assert (config.train.epochs, config.train.lr, config.train.optimizer) == (7, 0.5, "adamw")
+    assert (config.evaluate.subset, config.evaluate.gallery) == ("val", "test")
+    assert config.evaluate.distance == "poincare"
+    assert config.backbone.embedding_dim == 16 and config.backbone.name == "test_resnet"
+    softmax = resolve_run_config(params, "shapes", "softmax", "standard", 1)
+    assert softmax.train.epochs == 2 and softmax.backbone.embedding_dim == 8
+    del tiny_params["datasets"]["small"]  # not a registered dataset: only for resolving
+    tiny_params["runs"][0]["datasets"] = ["cub"]
+    with pytest.raises(HierpipeError, match=r"runs of model 'pa_hier' name dataset\(s\) \['cub'\]"):
+        check_params(validated(tiny_params))

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hierpipe.data import cub200, imagefolder, shapes  # noqa: F401  (register the datasets)
+from hierpipe.data import (  # noqa: F401  (register the datasets)
+    cars196,
+    cub200,
+    imagefolder,
+    shapes,
+)
 from hierpipe.data.registry import get_dataset, prepare_dataset
 from hierpipe.data.splits import make_split
 from hierpipe.data.tables import read_classes, read_dataset, read_split

@@ -14,15 +14,15 @@ train and the rest test, hier.md 9.1).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from hierpipe.data.fetch import RemoteFile, fetch
+from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.hierarchy_files import class_paths, parse_id_names, parse_indented_tree
 from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.sources import raw_dir
 from hierpipe.data.tables import (
     SAMPLES_FILE,
     write_classes,
@@ -95,19 +95,13 @@ class CUB200Builder(DatasetBuilder):
         out_dir.mkdir(parents=True, exist_ok=True)
         # samples.parquet marks a complete dataset: gone until this run has written it anew
         (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
-        raw = fetch(FILES, source, out_dir)
-        if raw.resolve() != (out_dir / "raw").resolve():
-            # an extracted directory given as source: reach it from the dataset directory
-            link = out_dir / "raw"
-            if link.is_symlink():
-                link.unlink()
-            os.symlink(raw.resolve(), link, target_is_directory=True)
-        root = out_dir / "raw" / DATASET_DIR
+        raw = raw_dir(FILES, source, out_dir)
+        root = raw / DATASET_DIR
         classes = _table(root / "classes.txt", ["class", "name"])
         images = _table(root / "images.txt", ["image", "path"])
         labels = _table(root / "image_class_labels.txt", ["image", "class"])
         is_train = _table(root / "train_test_split.txt", ["image", "is_train"])
-        tree = _tree(out_dir / "raw", classes)
+        tree = _tree(raw, classes)
         for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
             if not table.index.equals(images.index):
                 raise HierpipeError(

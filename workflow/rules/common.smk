@@ -15,7 +15,8 @@ RESULTS = f"results/{config['experiment']}"
 RUN_DIR = RESULTS + "/{dataset}/{run}"
 LOGS = f"logs/{config['experiment']}"
 BENCHMARKS = f"logs/benchmarks/{config['experiment']}"
-RUNS = {run_id(*run): run for run in grid(config)}
+GRID = grid(config)
+RUNS = {run_id(*run[1:]): run[1:] for run in GRID}
 
 
 wildcard_constraints:
@@ -59,8 +60,4 @@ def predefined_option(wildcards):
 
 
 def all_metrics():
-    return [
-        f"{RESULTS}/{dataset}/{run}/metrics.json"
-        for dataset in config["datasets"]
-        for run in RUNS
-    ]
+    return [f"{RESULTS}/{dataset}/{run_id(*run)}/metrics.json" for dataset, *run in GRID]
