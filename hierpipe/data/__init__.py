@@ -8,7 +8,9 @@ from hierpipe.data import (  # noqa: F401  (register the datasets)
     cars196,
     cub200,
     imagefolder,
+    inshop,
     shapes,
+    sop,
 )
 from hierpipe.data.registry import get_dataset, prepare_dataset
 from hierpipe.data.splits import make_split
