@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from hierpipe.data.hierarchy_files import class_paths, parse_id_names, parse_indented_tree
+from hierpipe.data.hierarchy_files import (
+    class_paths,
+    parse_id_names,
+    parse_indented_tree,
+    parse_path_csv,
+)
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
 
@@ -95,3 +100,54 @@ def test_real_cub_files_give_200_classes_under_13_orders():
     assert tree.num_classes == 200 and tree.max_depth == 4
     assert len(set(tree.level_names(0))) == 13  # orders
     assert sorted(tree.depths.tolist()).count(3) == 4  # the four genus-named classes
+
+
+# The format of ProxyDR's CIFAR100_cls.csv, written here (CRLF line ends, as the real file).
+PATH_CSV = (
+    "Class,Path,Number\r\n"
+    "apple,Nature_non-animal/Plants/fruit_and_vegetables/apple,0\r\n"
+    "bear,Animals/Mammals/large_carnivores/bear,3\r\n"
+    "trout,Animals/Non-mammal_vertebrates/fish/trout,91\r\n"
+)
+
+
+def test_path_csv_gives_each_class_its_path():
+    paths = parse_path_csv(PATH_CSV, "cls.csv")
+    assert paths == {
+        "apple": ("Nature_non-animal", "Plants", "fruit_and_vegetables", "apple"),
+        "bear": ("Animals", "Mammals", "large_carnivores", "bear"),
+        "trout": ("Animals", "Non-mammal_vertebrates", "fish", "trout"),
+    }
+    tree = ClassTree.from_paths(list(paths.values()))
+    assert tree.num_nodes_per_level() == [2, 3, 3, 3]
+    # a byte-order mark before the header is not part of it
+    assert parse_path_csv("\ufeff" + PATH_CSV, "cls.csv") == paths
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Class;Path;Number\n", r"cls.csv, line 1: expected the header 'Class,Path,Number'"),
+        ("Class,Path,Number\napple,a/apple\n", r"cls.csv, line 2: expected '<class>,<a/b/"),
+        ("Class,Path,Number\napple,a/apple,x\n", r"cls.csv, line 2: expected '<class>,<a/b/"),
+        ('Class,Path,Number\n"apple",a/apple,0\n', r"cls.csv, line 2: expected .* unquoted"),
+        ("Class,Path,Number\napple,a//apple,0\n", r"cls.csv, line 2: empty class or node name"),
+        ("Class,Path,Number\n\napple,a/pear,0\n", r"cls.csv, line 3: path 'a/pear' does not end"),
+        ("Class,Path,Number\na,x/a,0\na,y/a,1\n", r"cls.csv, line 3: class 'a' appears twice"),
+        ("Class,Path,Number\n", r"cls.csv: no classes below the header"),
+    ],
+)
+def test_malformed_path_csv_is_refused_naming_the_line(text, message):
+    with pytest.raises(HierpipeError, match=message):
+        parse_path_csv(text, "cls.csv")
+
+
+@pytest.mark.skipif(
+    not (SHARED / "cifar100/CIFAR100_cls.csv").is_file(), reason="../shared/hierarchies not present"
+)
+def test_real_cifar100_file_gives_3_7_20_100_nodes_per_level():
+    paths = parse_path_csv((SHARED / "cifar100/CIFAR100_cls.csv").read_text(), "cls")
+    assert len(paths) == 100
+    tree = ClassTree.from_paths([paths[name] for name in sorted(paths)])
+    assert tree.num_nodes_per_level() == [3, 7, 20, 100]
+    assert set(tree.level_names(0)) == {"Animals", "Artificial", "Nature_non-animal"}

@@ -175,12 +175,24 @@ def test_proxydr_grid_lists_every_job(tmp_path):
     assert counts["prepare_dataset"] == counts["split_dataset"] == counts["aggregate"] == 1
 
 
-def test_hier_grid_lists_every_job(tmp_path):
+def test_hier_shapes_grid_lists_every_job(tmp_path):
     root = _workflow_copy(tmp_path)
-    result = snakemake(root, "--configfile", "params/hier.yaml", "--dry-run")
+    result = snakemake(root, "--configfile", "params/hier_shapes.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout)
     # PA, PA + HIER (lambda 0.5 and 1, sphere, Euclidean), MS, MS + HIER, Hyp, NormFace + HIER,
     # ProxyDR + HIER and the untrained baseline, 3 seeds, one dataset
     assert counts["train"] == counts["embed"] == counts["evaluate"] == 11 * 3
     assert counts["prepare_dataset"] == counts["split_dataset"] == counts["aggregate"] == 1
+
+
+def test_hier_table1_grid_lists_every_job(tmp_path):
+    root = _workflow_copy(tmp_path)
+    result = snakemake(root, "--configfile", "params/hier.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = _job_counts(result.stdout)
+    # ResNet-50 once per dataset; DeiT-S, DINO and ViT-S at 128-d and 384-d on all four
+    assert counts["train"] == counts["embed"] == counts["evaluate"] == 4 + 6 * 4
+    assert counts["prepare_dataset"] == counts["split_dataset"] == 4
+    for dataset in ("cub200", "cars196", "sop", "inshop"):
+        assert f"results/hier/{dataset}/hier_r50_" in result.stdout

@@ -6,9 +6,11 @@ from typing import Any
 
 from hierpipe.data import (  # noqa: F401  (register the datasets)
     cars196,
+    cifar100,
     cub200,
     imagefolder,
     inshop,
+    nabirds,
     shapes,
     sop,
 )

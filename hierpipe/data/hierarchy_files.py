@@ -82,3 +82,47 @@ def class_paths(
             f"{source}: {len(missing)} class(es) are not nodes of the hierarchy: {shown}"
         )
     return [node_paths[name] for name in class_names]
+
+
+# ProxyDR's `*_cls.csv` hierarchy files (e.g. CIFAR100_cls.csv).
+_PATH_CSV_HEADER = ("Class", "Path", "Number")
+
+
+def parse_path_csv(text: str, source: str) -> dict[str, tuple[str, ...]]:
+    """Class name -> path from the top level down to the class, for ProxyDR's `*_cls.csv`.
+
+    The header is `Class,Path,Number`; each row's Path joins the root-to-leaf node names
+    (root excluded) with `/` and ends in the row's Class; Number is the class index. Names
+    hold no commas or quotes in these files, so a row is split on commas and a quoted field
+    is refused rather than guessed at. Class names must be unique.
+    """
+    paths: dict[str, tuple[str, ...]] = {}
+    header_seen = False
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        fields = tuple(field.strip() for field in raw.split(","))
+        where = f"{source}, line {number}"
+        if not header_seen:
+            # a UTF-8 byte-order mark, as spreadsheet programs write one, is not part of the name
+            if (fields[0].lstrip("\ufeff"), *fields[1:]) != _PATH_CSV_HEADER:
+                raise HierpipeError(
+                    f"{where}: expected the header {','.join(_PATH_CSV_HEADER)!r}, got {raw!r}"
+                )
+            header_seen = True
+            continue
+        if len(fields) != len(_PATH_CSV_HEADER) or not fields[2].isdigit() or '"' in raw:
+            raise HierpipeError(
+                f"{where}: expected '<class>,<a/b/.../class>,<number>' unquoted, got {raw!r}"
+            )
+        name, path = fields[0], tuple(part.strip() for part in fields[1].split("/"))
+        if not name or not all(path):
+            raise HierpipeError(f"{where}: empty class or node name in {raw!r}")
+        if path[-1] != name:
+            raise HierpipeError(f"{where}: path {fields[1]!r} does not end in its class {name!r}")
+        if name in paths:
+            raise HierpipeError(f"{where}: class {name!r} appears twice")
+        paths[name] = path
+    if not paths:
+        raise HierpipeError(f"{source}: no classes below the header")
+    return paths
