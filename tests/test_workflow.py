@@ -165,14 +165,18 @@ def _job_counts(output: str) -> dict[str, int]:
     return {rule: int(count) for rule, count in rows}
 
 
-def test_proxydr_grid_lists_every_job(tmp_path):
+@pytest.mark.parametrize(
+    ("params", "datasets"), [("params/proxydr_shapes.yaml", 1), ("params/proxydr.yaml", 2)]
+)
+def test_proxydr_grid_lists_every_job(tmp_path, params, datasets):
     root = _workflow_copy(tmp_path)
-    result = snakemake(root, "--configfile", "params/proxydr.yaml", "--dry-run")
+    result = snakemake(root, "--configfile", params, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout)
-    # 14 runs per seed (proxydr.md 4.5) + the untrained baseline, 5 seeds, one dataset
-    assert counts["train"] == counts["embed"] == counts["evaluate"] == 15 * 5
-    assert counts["prepare_dataset"] == counts["split_dataset"] == counts["aggregate"] == 1
+    # 14 runs per seed (proxydr.md 4.5) + the untrained baseline, 5 seeds, per dataset
+    assert counts["train"] == counts["embed"] == counts["evaluate"] == 15 * 5 * datasets
+    assert counts["prepare_dataset"] == counts["split_dataset"] == datasets
+    assert counts["aggregate"] == 1
 
 
 def test_hier_shapes_grid_lists_every_job(tmp_path):
