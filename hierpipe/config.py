@@ -72,6 +72,7 @@ class TrainConfig:
     image_size: int | None = None
     crop_scale_min: float = 0.08
     normalize: str = "none"
+    preload_images: bool = False
     optimizer: str = "adam"
     lr_multipliers: dict[str, float] = field(default_factory=dict)
     lr_decay_every: int | None = None

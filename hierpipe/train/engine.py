@@ -89,6 +89,7 @@ def _image_dataset(
         table["path"].tolist(),
         rows,
         transform,
+        preload=config.train.preload_images,
     )
 
 
