@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,11 +120,38 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return summary[ordered].reset_index()
 
 
-def aggregate(metrics_paths: Sequence[str | Path], out_dir: str | Path) -> pd.DataFrame:
-    """Write summary.parquet, summary.csv and summary.md (the last one last: it marks done)."""
+# The few means per model that `dvc metrics show` lists (the headline file).
+HEADLINE_MEASURES = (
+    "classification/logits/top1",
+    "retrieval/recall@1",
+    "hierarchy/prototype/classwise_spearman",
+)
+
+
+def headline_metrics(summary: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """{dataset: {"model (option)": {measure: mean over seeds}}}, undefined measures left out."""
+    headline: dict[str, dict[str, dict[str, float]]] = {}
+    for _, row in summary.iterrows():
+        values = {
+            measure: float(row[f"{measure}/mean"])
+            for measure in HEADLINE_MEASURES
+            if f"{measure}/mean" in row and pd.notna(row[f"{measure}/mean"])
+        }
+        headline.setdefault(row["dataset"], {})[f"{row['model']} ({row['option']})"] = values
+    return headline
+
+
+def aggregate(
+    metrics_paths: Sequence[str | Path], out_dir: str | Path, headline: str | Path | None = None
+) -> pd.DataFrame:
+    """Write summary.parquet, summary.csv and summary.md (the last one last: it marks done),
+    and with `headline` a JSON file of the headline means (DVC's metrics file)."""
     out_dir = Path(out_dir)
     runs = collect_runs(metrics_paths)
     summary = summarize(runs)
+    if headline is not None:
+        document = json.dumps(headline_metrics(summary), indent=2, sort_keys=True)
+        write_text_atomic(document + "\n", headline)
     write_parquet_atomic(summary, out_dir / "summary.parquet")
     write_text_atomic(summary.to_csv(index=False), out_dir / "summary.csv")
     write_text_atomic(to_markdown(summary, runs), out_dir / "summary.md")

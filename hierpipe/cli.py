@@ -68,7 +68,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _aggregate(args: argparse.Namespace) -> None:
     from hierpipe.aggregate import aggregate
 
-    aggregate(args.metrics, args.out_dir)
+    aggregate(args.metrics, args.out_dir, args.headline_out)
 
 
 def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     aggregate = verbs.add_parser("aggregate", help="summary tables over runs and seeds")
     aggregate.add_argument("metrics", nargs="+", help="metrics.json files")
     aggregate.add_argument("--out-dir", required=True, help="writes summary.parquet/.csv/.md")
+    aggregate.add_argument(
+        "--headline-out", help="also write the headline means as JSON (DVC's metrics file)"
+    )
     aggregate.set_defaults(handler=_aggregate, verb="aggregate")
     return parser
 

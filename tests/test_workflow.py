@@ -22,12 +22,41 @@ def _workflow_copy(root: Path) -> Path:
     return root
 
 
+def _dvc_project_copy(root: Path) -> Path:
+    """The workflow plus what DVC tracks (dvc.yaml, .dvc/, the package), in a new git repo."""
+    _workflow_copy(root)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    shutil.copytree(
+        REPO / "hierpipe", root / "hierpipe", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
+        subprocess.run([*git, *command], cwd=root, check=True, capture_output=True)
+    return root
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
         cwd=root,
-        env=env,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=root,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -36,10 +65,11 @@ def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
-    """`snakemake --cores all` on params/default.yaml, as the README's first command runs it."""
-    root = _workflow_copy(tmp_path_factory.mktemp("workflow"))
-    result = snakemake(root)
-    assert result.returncode == 0, result.stderr[-5000:]
+    """`dvc repro default` on a fresh repository: its stage runs `snakemake --cores all` on
+    params/default.yaml, as the README's first command does."""
+    root = _dvc_project_copy(tmp_path_factory.mktemp("workflow"))
+    result = dvc(root, "repro", "default")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return root
 
 
@@ -137,6 +167,48 @@ def test_deleting_one_metrics_file_reruns_only_that_evaluation(finished_workflow
     changed = sorted(p.name for p in after if before.get(p) != after[p])
     assert changed == ["metrics.json", "summary.csv", "summary.md", "summary.parquet"]
     assert target.read_text() == content  # evaluation is a pure function of its inputs
+
+
+def test_dvc_second_repro_is_a_no_op_and_lists_the_metrics(finished_workflow):
+    result = dvc(finished_workflow, "repro", "default")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "didn't change, skipping" in result.stdout or "up to date" in result.stdout
+    shown = dvc(finished_workflow, "metrics", "show", "--json")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    headline = json.loads((finished_workflow / "metrics/default.json").read_text())
+    summary = pd.read_parquet(finished_workflow / "results/default/summary.parquet")
+    corr = summary[summary["model"] == "corr"].iloc[0]
+    value = headline["shapes"]["corr (mds)"]["retrieval/recall@1"]
+    assert value == pytest.approx(corr["retrieval/recall@1/mean"])
+    assert str(round(value, 4))[:5] in shown.stdout
+
+
+def test_dvc_push_and_pull_restore_the_prepared_data(finished_workflow):
+    samples = finished_workflow / "data/shapes/samples.parquet"
+    content = samples.read_bytes()
+    pushed = dvc(finished_workflow, "push", "default")
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert (finished_workflow / "dvc-remote/files/md5").is_dir()
+    shutil.rmtree(finished_workflow / "data/shapes")
+    shutil.rmtree(finished_workflow / ".dvc/cache")
+    pulled = dvc(finished_workflow, "pull", "default")
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    assert samples.read_bytes() == content
+
+
+def test_dvc_reruns_only_what_a_changed_param_touches(finished_workflow):
+    params = finished_workflow / "params/default.yaml"
+    params.write_text(params.read_text().replace("reduction: sum", "reduction: mean"))
+    diff = dvc(finished_workflow, "params", "diff")
+    assert "models.corr.hyperparameters.reduction" in diff.stdout, diff.stdout
+    before = _outputs(finished_workflow)
+    result = dvc(finished_workflow, "repro", "default")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    after = _outputs(finished_workflow)
+    results = finished_workflow / "results/default"
+    changed = [p.relative_to(results) for p, mtime in after.items() if before.get(p) != mtime]
+    runs = {p.parts[1] for p in changed if len(p.parts) > 2}
+    assert runs == {"corr-mds-s1"}, sorted(map(str, changed))
 
 
 @pytest.mark.parametrize(
