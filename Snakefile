@@ -15,6 +15,26 @@ if not workflow.config_settings.configfiles:
 validate(config, "workflow/schemas/params.schema.yaml")
 
 
+# MLflow (hierpipe.tracking): the store, the experiment and one parent run are created here,
+# once, before any job; jobs find them through the environment and log child runs.
+onstart:
+    from hierpipe.tracking import start_workflow_run
+
+    start_workflow_run(workflow.basedir, config["experiment"], dry_run=workflow.dryrun)
+
+
+onsuccess:
+    from hierpipe.tracking import end_workflow_run
+
+    end_workflow_run("FINISHED")
+
+
+onerror:
+    from hierpipe.tracking import end_workflow_run
+
+    end_workflow_run("FAILED")
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

@@ -71,6 +71,16 @@ def _aggregate(args: argparse.Namespace) -> None:
     aggregate(args.metrics, args.out_dir, args.headline_out)
 
 
+def _ui(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from hierpipe.tracking import run_ui
+
+    status = run_ui(Path.cwd(), args.host, args.port)
+    if status:
+        raise HierpipeError(f"mlflow ui exited with status {status}")
+
+
 def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     values = {}
     for item in items or []:
@@ -145,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
         "--headline-out", help="also write the headline means as JSON (DVC's metrics file)"
     )
     aggregate.set_defaults(handler=_aggregate, verb="aggregate")
+
+    ui = verbs.add_parser(
+        "ui", help="browse the MLflow runs (store: $MLFLOW_TRACKING_URI or ./mlflow/mlflow.db)"
+    )
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
+    ui.set_defaults(handler=_ui, verb="ui")
     return parser
 
 

@@ -48,6 +48,7 @@ from hierpipe.metrics import (
     robinson_foulds,
     topk_accuracy,
 )
+from hierpipe.tracking import run_tracker
 from hierpipe.train.options import proxies_from_hierarchy
 
 
@@ -106,6 +107,10 @@ def evaluate_run(
         "metrics": {k: _finite_or_none(v) for k, v in sorted(metrics.items())},
     }
     write_text_atomic(json.dumps(document, indent=2, sort_keys=True) + "\n", metrics_path)
+    # inside the workflow, an MLflow child run; undefined (null) measures are left out
+    with run_tracker(config, "evaluate") as tracker:
+        tracker.log_metrics(document["metrics"])
+        tracker.log_artifact(metrics_path)
     return metrics
 
 

@@ -35,6 +35,7 @@ from hierpipe.io import write_parquet_atomic
 from hierpipe.losses import Objective
 from hierpipe.metrics import retrieval_metrics
 from hierpipe.models import EmbeddingNet, select_device
+from hierpipe.tracking import NullTracker, RunTracker, run_tracker
 from hierpipe.train.options import OptionContext, build_options
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,25 @@ def train_run(
     log_path: str | Path,
     checkpoint_dir: str | Path,
 ) -> None:
-    """Train (or, for the untrained baseline, initialise) one run and write its outputs."""
+    """Train (or, for the untrained baseline, initialise) one run and write its outputs.
+
+    Inside the workflow the run is also an MLflow child run (hierpipe.tracking): params, one
+    metric batch per epoch, then the config, the log and the model as artifacts.
+    """
+    with run_tracker(config, "train") as tracker:
+        _train_run(config, model_path, log_path, checkpoint_dir, tracker)
+        tracker.log_config(config)
+        tracker.log_artifact(log_path)
+        tracker.log_model(model_path)
+
+
+def _train_run(
+    config: RunConfig,
+    model_path: str | Path,
+    log_path: str | Path,
+    checkpoint_dir: str | Path,
+    tracker: RunTracker | NullTracker,
+) -> None:
     seed_everything(config.seed)
     device = select_device()
     data = load_training_data(config)
@@ -119,6 +138,8 @@ def train_run(
     val_column = "val_top1" if objective.classifies else "val_recall_at_1"
     checkpoint_path = Path(checkpoint_dir) / "last.pt"
     state = _resume(checkpoint_path, config, net, objective, optimizer, options)
+    for row in state["log"]:  # a resumed job's run gets the history of the interrupted one too
+        tracker.log_metrics(_epoch_metrics(row), step=row["epoch"])
 
     epochs = range(state["epoch"], config.train.epochs)
     for epoch in tqdm(epochs, desc=config.run_id, disable=None, initial=state["epoch"]):
@@ -130,6 +151,7 @@ def train_run(
         state["log"].append(
             {"epoch": epoch + 1, **train_values, val_column: val_score, **option_values}
         )
+        tracker.log_metrics(_epoch_metrics(state["log"][-1]), step=epoch + 1)
         # '>' keeps the earliest of equally good epochs; without validation the last one wins
         if math.isnan(val_score) or val_score > state["best_val"]:
             state["best_val"] = val_score
@@ -363,6 +385,10 @@ def _save_checkpoint(
         },
         path,
     )
+
+
+def _epoch_metrics(row: dict) -> dict[str, float]:
+    return {key: value for key, value in row.items() if key != "epoch"}
 
 
 def _write_log(rows: list[dict], path: str | Path, val_column: str) -> None:
