@@ -17,8 +17,10 @@ rule embed:
         gpu=1,
     container:
         config["container"]
+    # gpu_slots pins the job to one free GPU of the host (none on CPU: the command runs as is)
     shell:
-        "hierpipe embed --model {input.model} --embeddings-out {output.embeddings}"
+        "python -m hierpipe.gpu_slots run --"
+        " hierpipe embed --model {input.model} --embeddings-out {output.embeddings}"
         " --representatives-out {output.representatives} --threads {threads} > {log} 2>&1"
 
 

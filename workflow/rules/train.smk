@@ -41,7 +41,9 @@ rule train:
         gpu=1,
     container:
         config["container"]
+    # gpu_slots pins the job to one free GPU of the host (none on CPU: the command runs as is)
     shell:
-        "hierpipe train --config {input.config} --model-out {output.model}"
+        "python -m hierpipe.gpu_slots run --"
+        " hierpipe train --config {input.config} --model-out {output.model}"
         " --log-out {output.log} --checkpoint-dir {params.checkpoint_dir}"
         " --threads {threads} > {log} 2>&1"

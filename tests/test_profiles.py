@@ -1,0 +1,88 @@
+"""The GPU, SLURM and Kubernetes profiles: each one dry-runs the default experiment.
+
+The executor plugins are optional (extra `cluster`); their tests skip when a plugin is missing.
+A dry run with a container profile still asks `apptainer --version`, so those use the fake
+apptainer of test_containers.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+from test_containers import install_fake_apptainer
+from test_workflow import _env, _job_counts, _workflow_copy
+
+pytestmark = pytest.mark.slow
+
+PROFILES = REPO / "workflow/profiles"
+SNAKEMAKE = (sys.executable, "-m", "snakemake")
+
+
+def _profile(name: str) -> dict:
+    return yaml.safe_load((PROFILES / name / "config.yaml").read_text())
+
+
+def _needs(module: str, package: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{package} is not installed (extra `cluster`)")
+
+
+def _dry_run(root: Path, profile: str, *args: str) -> subprocess.CompletedProcess:
+    install_fake_apptainer(root / "bin", root / "apptainer.jsonl")
+    environ = _env()
+    environ["PATH"] = f"{root / 'bin'}{os.pathsep}{environ['PATH']}"
+    return subprocess.run(
+        [*SNAKEMAKE, "--profile", f"workflow/profiles/{profile}", "--dry-run", *args],
+        cwd=root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _assert_whole_default_grid(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    counts = _job_counts(result.stdout)
+    assert counts["train"] == counts["embed"] == counts["evaluate"] > 0
+    assert counts["aggregate"] == 1
+
+
+def test_gpu_profile_dry_run(tmp_path):
+    result = _dry_run(_workflow_copy(tmp_path), "gpu")
+    _assert_whole_default_grid(result)
+    assert "Singularity image docker://ghcr.io/hierpipe/hierpipe:" in result.stdout + result.stderr
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    _needs("snakemake_executor_plugin_slurm", "snakemake-executor-plugin-slurm")
+    _assert_whole_default_grid(_dry_run(_workflow_copy(tmp_path), "slurm"))
+
+
+def test_kubernetes_profile_dry_run(tmp_path):
+    _needs("snakemake_executor_plugin_kubernetes", "snakemake-executor-plugin-kubernetes")
+    _needs("snakemake_storage_plugin_fs", "snakemake-storage-plugin-fs")
+    # pods share no file system, so the executor insists on a storage provider
+    root = tmp_path / "workflow"
+    root.mkdir()
+    storage = ("--default-storage-provider", "fs", "--default-storage-prefix", str(tmp_path))
+    _assert_whole_default_grid(_dry_run(_workflow_copy(root), "kubernetes", *storage))
+
+
+def test_profiles_cap_and_place_gpu_jobs():
+    gpu = _profile("gpu")
+    # one value containing a space: a bare "--nv" is taken for an option (S3)
+    assert set(gpu["apptainer-args"].split()) >= {"--nv", "--cleanenv"}
+    assert any(cap.startswith("gpu=") for cap in gpu["resources"])
+    assert gpu["software-deployment-method"] == "apptainer"
+    for name in ("slurm", "kubernetes"):
+        for rule in ("train", "embed"):
+            assert _profile(name)["set-resources"][rule]["gpu"] == 1
+    assert _profile("kubernetes")["set-resources"]["train"]["gpu_manufacturer"] == "nvidia"
+    for name in ("gpu", "slurm", "kubernetes"):
+        assert _profile(name)["max-checksum-file-size"] == "10MB"
