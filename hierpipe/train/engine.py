@@ -36,6 +36,7 @@ from hierpipe.losses import Objective
 from hierpipe.metrics import retrieval_metrics
 from hierpipe.models import EmbeddingNet, select_device
 from hierpipe.tracking import NullTracker, RunTracker, run_tracker
+from hierpipe.train.accelerator import Accelerator
 from hierpipe.train.options import OptionContext, build_options
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,11 @@ def _train_run(
     tracker: RunTracker | NullTracker,
 ) -> None:
     seed_everything(config.seed)
-    device = select_device()
+    accelerator = Accelerator.for_device(select_device())
+    device = accelerator.device
     data = load_training_data(config)
     net, objective = build_network(config, len(data.class_ids))
-    net.to(device)
+    accelerator.prepare(net)
     if objective is None:
         save_model(model_path, config, net.state_dict(), None, data.class_ids, epoch=0)
         _write_log([], log_path, "val_top1")
@@ -137,7 +139,8 @@ def _train_run(
     # a classifier is validated by its top-1 accuracy, a pair-based loss by retrieval
     val_column = "val_top1" if objective.classifies else "val_recall_at_1"
     checkpoint_path = Path(checkpoint_dir) / "last.pt"
-    state = _resume(checkpoint_path, config, net, objective, optimizer, options)
+    scaler = accelerator.scaler
+    state = _resume(checkpoint_path, config, net, objective, optimizer, scaler, options)
     for row in state["log"]:  # a resumed job's run gets the history of the interrupted one too
         tracker.log_metrics(_epoch_metrics(row), step=row["epoch"])
 
@@ -145,7 +148,9 @@ def _train_run(
     for epoch in tqdm(epochs, desc=config.run_id, disable=None, initial=state["epoch"]):
         started = time.perf_counter()
         set_learning_rates(optimizer, config.train, epoch)
-        train_values = _train_epoch(config, data, net, objective, optimizer, options, device, epoch)
+        train_values = _train_epoch(
+            config, data, net, objective, optimizer, options, accelerator, epoch
+        )
         val_score = _validate(config, data, net, objective, device)
         option_values = {k: v for option in options for k, v in option.log_values().items()}
         state["log"].append(
@@ -159,7 +164,7 @@ def _train_run(
             state["best_net"] = copy.deepcopy(net.state_dict())
             state["best_objective"] = copy.deepcopy(objective.state_dict())
         state["epoch"] = epoch + 1
-        _save_checkpoint(checkpoint_path, config, net, objective, optimizer, options, state)
+        _save_checkpoint(checkpoint_path, config, net, objective, optimizer, scaler, options, state)
         log.info(
             "%s epoch %d/%d loss %.4f %s %.4f (%.1fs)",
             config.run_id,
@@ -221,10 +226,11 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, settings: TrainConfig, 
         group["lr"] = 0.0 if warming_up else settings.lr * group["multiplier"] * decay
 
 
-def _batches(config: RunConfig, data: TrainingData, epoch: int) -> DataLoader:
+def _batches(config: RunConfig, data: TrainingData, epoch: int, pin_memory: bool) -> DataLoader:
     # a generator per epoch makes the batch order a function of (seed, epoch): resumable
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     settings = config.train
+    loading = {"num_workers": settings.num_workers, "pin_memory": pin_memory}
     if settings.samples_per_class:
         sampler = ClassBalancedBatchSampler(
             data.train.labels,
@@ -233,20 +239,20 @@ def _batches(config: RunConfig, data: TrainingData, epoch: int) -> DataLoader:
             num_batches=max(1, len(data.train) // settings.batch_size),
             generator=generator,
         )
-        return DataLoader(data.train, batch_sampler=sampler, num_workers=settings.num_workers)
+        return DataLoader(data.train, batch_sampler=sampler, **loading)
     return DataLoader(
         data.train,
         batch_size=settings.batch_size,
         shuffle=True,
         generator=generator,
-        num_workers=settings.num_workers,
+        **loading,
         # BatchNorm cannot train on a last batch of one sample
         drop_last=len(data.train) > settings.batch_size,
     )
 
 
 def _train_epoch(
-    config, data, net, objective, optimizer, options, device, epoch: int
+    config, data, net, objective, optimizer, options, accelerator: Accelerator, epoch: int
 ) -> dict[str, float]:
     """One epoch; returns the means of the logged training values."""
     net.train()
@@ -258,9 +264,11 @@ def _train_epoch(
                 module.eval()
     sums: dict[str, float] = {}
     count = 0
-    for step, (images, labels, _) in enumerate(_batches(config, data, epoch)):
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    scaler = accelerator.scaler
+    batches = _batches(config, data, epoch, accelerator.pin_memory)
+    for step, (images, labels, _) in enumerate(batches):
+        images, labels = accelerator.images(images), labels.to(accelerator.device)
+        with accelerator.autocast():
             embeddings = net(images)
         # losses stay in float32 even under autocast
         value = objective(embeddings.float(), labels)
@@ -271,8 +279,12 @@ def _train_epoch(
                 "checkpoint is kept"
             )
         optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        _check_gradients(optimizer, where)
+        scaler.scale(value).backward()
+        scaler.unscale_(optimizer)
+        if not scaler.is_enabled():
+            # float16's scaler skips steps whose gradients overflowed; elsewhere a
+            # non-finite gradient is an error
+            _check_gradients(optimizer, where)
         if config.train.grad_clamp is not None:
             for group in optimizer.param_groups:
                 for p in group["params"]:
@@ -280,7 +292,8 @@ def _train_epoch(
                         p.grad.clamp_(-config.train.grad_clamp, config.train.grad_clamp)
         for option in options:
             option.on_batch(embeddings.detach().float(), labels)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         values = {"train_loss": value.item(), **_regularizer_values(objective)}
         for key, item in values.items():
             sums[key] = sums.get(key, 0.0) + item * len(labels)
@@ -347,7 +360,7 @@ def _initial_state() -> dict:
     }
 
 
-def _resume(path: Path, config: RunConfig, net, objective, optimizer, options) -> dict:
+def _resume(path: Path, config: RunConfig, net, objective, optimizer, scaler, options) -> dict:
     if not path.exists():
         return _initial_state()
     checkpoint = load_torch(path, "training checkpoint")
@@ -359,6 +372,7 @@ def _resume(path: Path, config: RunConfig, net, objective, optimizer, options) -
         net.load_state_dict(checkpoint["net"])
         objective.load_state_dict(checkpoint["objective"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
         for option, option_state in zip(options, checkpoint["options"], strict=True):
             option.load_state_dict(option_state)
     except (RuntimeError, ValueError, KeyError) as error:
@@ -371,7 +385,7 @@ def _resume(path: Path, config: RunConfig, net, objective, optimizer, options) -
 
 
 def _save_checkpoint(
-    path: Path, config: RunConfig, net, objective, optimizer, options, state: dict
+    path: Path, config: RunConfig, net, objective, optimizer, scaler, options, state: dict
 ) -> None:
     save_torch_atomic(
         {
@@ -379,6 +393,7 @@ def _save_checkpoint(
             "net": net.state_dict(),
             "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
             "options": [option.state_dict() for option in options],
             "torch_rng": torch.get_rng_state(),
             "state": state,
