@@ -30,10 +30,11 @@ import numpy as np
 import pandas as pd
 
 from hierpipe.data.fetch import RemoteFile
-from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
+from hierpipe.data.splits import split_first_classes
 from hierpipe.data.tables import (
-    SAMPLES_FILE,
+    begin_dataset,
     write_classes,
     write_predefined_splits,
     write_samples,
@@ -111,20 +112,11 @@ class Cars196Builder(DatasetBuilder):
         tree: str = "make_model"
 
         def __post_init__(self) -> None:
-            for key, value, accepted in (
-                ("on_bad_image", self.on_bad_image, ON_BAD_IMAGE),
-                ("tree", self.tree, TREES),
-            ):
-                if value not in accepted:
-                    raise HierpipeError(
-                        f"dataset 'cars196': {key}={value!r}; expected one of {', '.join(accepted)}"
-                    )
+            check_choice("cars196", "on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
+            check_choice("cars196", "tree", self.tree, TREES)
 
     def prepare(self, out_dir: Path, options: Cars196Builder.Options, source: str | None) -> None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # samples.parquet marks a complete dataset: gone until this run has written it anew
-        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        out_dir = begin_dataset(out_dir)
         raw = raw_dir(FILES, source, out_dir)
         mat_path = raw / ANNOTATIONS_FILE
         annotations, class_names = _read_annotations(mat_path)
@@ -148,9 +140,7 @@ class Cars196Builder(DatasetBuilder):
             samples["sample_id"],
             {
                 "official": official.tolist(),
-                "metric_learning": [
-                    "train" if label < train_classes else "test" for label in samples["label"]
-                ],
+                "metric_learning": split_first_classes(samples["label"], train_classes),
             },
         )
         write_classes(out_dir, tree)

@@ -38,11 +38,11 @@ from tqdm import tqdm
 
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.hierarchy_files import parse_path_csv
-from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.splits import split_by_image
 from hierpipe.data.tables import (
-    SAMPLES_FILE,
+    begin_dataset,
     write_classes,
     write_predefined_splits,
     write_samples,
@@ -188,16 +188,10 @@ class CIFAR100Builder(DatasetBuilder):
         tree: str = "proxydr"
 
         def __post_init__(self) -> None:
-            if self.tree not in TREES:
-                raise HierpipeError(
-                    f"dataset 'cifar100': tree={self.tree!r}; expected one of {', '.join(TREES)}"
-                )
+            check_choice("cifar100", "tree", self.tree, TREES)
 
     def prepare(self, out_dir: Path, options: CIFAR100Builder.Options, source: str | None) -> None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # samples.parquet marks a complete dataset: gone until this run has written it anew
-        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        out_dir = begin_dataset(out_dir)
         root = raw_dir(FILES, source, out_dir) / DATASET_DIR
         meta = _load(root / "meta", (b"fine_label_names", b"coarse_label_names"))
         fine_names = _names(meta, b"fine_label_names", root / "meta")

@@ -21,10 +21,11 @@ import pandas as pd
 
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.hierarchy_files import class_paths, parse_id_names, parse_indented_tree
-from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
+from hierpipe.data.splits import split_first_classes
 from hierpipe.data.tables import (
-    SAMPLES_FILE,
+    begin_dataset,
     write_classes,
     write_predefined_splits,
     write_samples,
@@ -60,19 +61,8 @@ def _table(path: Path, columns: list[str]) -> pd.DataFrame:
     """A `<id> <value>` metadata file as a frame indexed by id, every id once."""
     if not path.is_file():
         raise HierpipeError(f"{path}: missing; expected the CUB-200-2011 metadata file")
-    rows = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        if not raw.strip():
-            continue
-        key, _, value = raw.strip().partition(" ")
-        if not key.isdigit() or not value.strip():
-            raise HierpipeError(f"{path}, line {number}: expected '<id> <value>', got {raw!r}")
-        rows.append((int(key), value.strip()))
-    frame = pd.DataFrame(rows, columns=columns).set_index(columns[0])
-    if frame.index.has_duplicates:
-        duplicated = frame.index[frame.index.duplicated()].tolist()[:5]
-        raise HierpipeError(f"{path}: id(s) {duplicated} appear more than once")
-    return frame
+    values = parse_id_names(path.read_text(), str(path))
+    return pd.DataFrame(list(values.items()), columns=columns).set_index(columns[0])
 
 
 @register_dataset("cub200")
@@ -84,17 +74,10 @@ class CUB200Builder(DatasetBuilder):
         on_bad_image: str = "error"
 
         def __post_init__(self) -> None:
-            if self.on_bad_image not in ON_BAD_IMAGE:
-                raise HierpipeError(
-                    f"dataset 'cub200': on_bad_image={self.on_bad_image!r}; expected one of "
-                    f"{', '.join(ON_BAD_IMAGE)}"
-                )
+            check_choice("cub200", "on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
 
     def prepare(self, out_dir: Path, options: CUB200Builder.Options, source: str | None) -> None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # samples.parquet marks a complete dataset: gone until this run has written it anew
-        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        out_dir = begin_dataset(out_dir)
         raw = raw_dir(FILES, source, out_dir)
         root = raw / DATASET_DIR
         classes = _table(root / "classes.txt", ["class", "name"])
@@ -134,9 +117,7 @@ class CUB200Builder(DatasetBuilder):
             samples["sample_id"],
             {
                 "official": official.tolist(),
-                "metric_learning": [
-                    "train" if label < train_classes else "test" for label in samples["label"]
-                ],
+                "metric_learning": split_first_classes(samples["label"], train_classes),
             },
         )
         write_classes(out_dir, tree)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hierpipe.data.registry import DatasetBuilder, register_dataset
-from hierpipe.data.tables import SAMPLES_FILE, write_classes, write_samples
+from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
+from hierpipe.data.tables import begin_dataset, write_classes, write_samples
 from hierpipe.data.verify import ON_BAD_IMAGE, check_images
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
@@ -175,11 +175,7 @@ class ImageFolderBuilder(DatasetBuilder):
                     f"dataset {NAME!r}: extensions={self.extensions!r} has invalid item(s) "
                     f"{bad}; expected a comma-separated list of suffixes like '.jpg,.png'"
                 )
-            if self.on_bad_image not in ON_BAD_IMAGE:
-                raise HierpipeError(
-                    f"dataset {NAME!r}: on_bad_image={self.on_bad_image!r}; expected one of "
-                    f"{', '.join(ON_BAD_IMAGE)}"
-                )
+            check_choice(NAME, "on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
 
         @property
         def suffixes(self) -> frozenset[str]:
@@ -198,10 +194,7 @@ class ImageFolderBuilder(DatasetBuilder):
         root = Path(source).resolve()
         out_dir = Path(out_dir)
         _check_no_overlap(root, out_dir)
-        # samples.parquet marks a complete dataset: remove it first so that a failed or
-        # interrupted prepare never leaves an old table beside new images or a changed source.
-        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        begin_dataset(out_dir)
 
         classes = _scan(root, options.suffixes)
         try:

@@ -28,10 +28,10 @@ from pathlib import Path
 import pandas as pd
 
 from hierpipe.data.fetch import RemoteFile
-from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.tables import (
-    SAMPLES_FILE,
+    begin_dataset,
     write_classes,
     write_predefined_splits,
     write_samples,
@@ -158,17 +158,10 @@ class InShopBuilder(DatasetBuilder):
         on_bad_image: str = "error"
 
         def __post_init__(self) -> None:
-            if self.on_bad_image not in ON_BAD_IMAGE:
-                raise HierpipeError(
-                    f"dataset 'inshop': on_bad_image={self.on_bad_image!r}; expected one of "
-                    f"{', '.join(ON_BAD_IMAGE)}"
-                )
+            check_choice("inshop", "on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
 
     def prepare(self, out_dir: Path, options: InShopBuilder.Options, source: str | None) -> None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # samples.parquet marks a complete dataset: gone until this run has written it anew
-        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        out_dir = begin_dataset(out_dir)
         rows = _read_rows(_raw_dir(source, out_dir) / PARTITION_FILE)
         ancestors = _ancestors(rows)
         paths = [f"raw/{row.image_name}" for row in rows]

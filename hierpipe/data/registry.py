@@ -65,6 +65,14 @@ def get_dataset(name: str) -> DatasetBuilder:
     return _REGISTRY[name]()
 
 
+def check_choice(dataset: str, key: str, value: str, accepted: tuple[str, ...]) -> None:
+    """Raise, naming the dataset and option, unless `value` is one of `accepted`."""
+    if value not in accepted:
+        raise HierpipeError(
+            f"dataset {dataset!r}: {key}={value!r}; expected one of {', '.join(accepted)}"
+        )
+
+
 def _parse_bool(text: str) -> bool:
     words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
     if text.strip().lower() not in words:

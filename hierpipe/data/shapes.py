@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from hierpipe.data.registry import DatasetBuilder, register_dataset
-from hierpipe.data.tables import SAMPLES_FILE, write_classes, write_samples
+from hierpipe.data.tables import begin_dataset, write_classes, write_samples
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
 
@@ -170,11 +170,7 @@ class ShapesBuilder(DatasetBuilder):
             raise HierpipeError(
                 f"dataset 'shapes' is generated and takes no source (got {source!r})"
             )
-        out_dir = Path(out_dir)
-        # samples.parquet marks a complete dataset: remove it first so that an interrupted
-        # regeneration never leaves an old table pointing at new images.
-        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = begin_dataset(out_dir)
         classes = _classes(options.families, options.genera_per_family, options.species_per_genus)
         tree = ClassTree.from_paths([c.path for c in classes])
 

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from hierpipe.data.fetch import RemoteFile
-from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.tables import (
-    SAMPLES_FILE,
+    begin_dataset,
     write_classes,
     write_predefined_splits,
     write_samples,
@@ -145,17 +145,10 @@ class SOPBuilder(DatasetBuilder):
         on_bad_image: str = "error"
 
         def __post_init__(self) -> None:
-            if self.on_bad_image not in ON_BAD_IMAGE:
-                raise HierpipeError(
-                    f"dataset 'sop': on_bad_image={self.on_bad_image!r}; expected one of "
-                    f"{', '.join(ON_BAD_IMAGE)}"
-                )
+            check_choice("sop", "on_bad_image", self.on_bad_image, ON_BAD_IMAGE)
 
     def prepare(self, out_dir: Path, options: SOPBuilder.Options, source: str | None) -> None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # samples.parquet marks a complete dataset: gone until this run has written it anew
-        (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        out_dir = begin_dataset(out_dir)
         root = raw_dir(FILES, source, out_dir) / DATASET_DIR
         rows = [
             row for subset, name in SPLIT_FILES.items() for row in _read_rows(root / name, subset)

@@ -81,6 +81,12 @@ def split_by_class(labels: np.ndarray, fractions: Mapping[str, float], seed: int
     return class_subsets[inverse].astype(str)
 
 
+def split_first_classes(labels: np.ndarray, train_classes: int) -> list[str]:
+    """The metric-learning protocol of CUB and Cars196: classes below `train_classes` train,
+    the rest are retrieved (test)."""
+    return ["train" if label < train_classes else "test" for label in _labels(labels)]
+
+
 SCHEMES = {"by_image": split_by_image, "by_class": split_by_class}
 PREDEFINED = "predefined"
 

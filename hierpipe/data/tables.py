@@ -103,6 +103,16 @@ def _check_samples(table: pa.Table, where: str | Path) -> None:
             )
 
 
+def begin_dataset(out_dir: str | Path) -> Path:
+    """Create `out_dir` and remove its samples.parquet, the mark of a complete dataset that
+    every builder writes last: a failed or interrupted prepare never leaves an old table
+    beside new files."""
+    out_dir = Path(out_dir)
+    (out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
 def write_samples(root: str | Path, df: pd.DataFrame) -> Path:
     """Write ``<root>/samples.parquet`` from a frame with columns sample_id, path, label."""
     path = Path(root) / SAMPLES_FILE
