@@ -1,16 +1,14 @@
 """Cars196 from a tiny car_ims.tgz and cars_annos.mat in the official format, over 127.0.0.1."""
 
-import hashlib
 import io
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from dataset_fixtures import jpeg_bytes, pin_files
 from http_server import serve_directory
-from PIL import Image
 from scipy.io import loadmat, savemat
 
 from hierpipe.cli import main
@@ -28,19 +26,12 @@ FIELDS = ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class
 ROWS = [(f"car_ims/{k + 1:06d}.jpg", k % 4 + 1, int(k >= 8)) for k in range(12)]
 
 
-def _jpeg(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def _write_archive(path: Path, corrupt: str | None = None, missing: str | None = None) -> None:
     with tarfile.open(path, "w:gz") as archive:
         for k, (relative, _, _) in enumerate(ROWS):
             if relative == missing:
                 continue
-            data = b"\xff\xd8\xff not a jpeg" if relative == corrupt else _jpeg(k)
+            data = b"\xff\xd8\xff not a jpeg" if relative == corrupt else jpeg_bytes(k)
             info = tarfile.TarInfo(relative)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
@@ -91,19 +82,6 @@ def _source_dir(tmp_path: Path, **mat_options) -> Path:
     return source
 
 
-def _pin(monkeypatch, mirror: Path, base_url: str) -> None:
-    """The official files at the local server, pinned to the fixture's checksums."""
-    files = tuple(
-        replace(
-            f,
-            url=f"{base_url}/{f.name}",
-            checksum="sha256:" + hashlib.sha256((mirror / f.name).read_bytes()).hexdigest(),
-        )
-        for f in cars196.FILES
-    )
-    monkeypatch.setattr(cars196, "FILES", files)
-
-
 def test_fixture_reads_back_like_the_real_file(tmp_path):
     _write_mat(tmp_path / "cars_annos.mat")
     mat = loadmat(tmp_path / "cars_annos.mat", squeeze_me=True)
@@ -119,7 +97,7 @@ def test_prepare_downloads_verifies_and_writes_the_tables(tmp_path, monkeypatch,
     mirror = _serve_files(tmp_path)
     out = tmp_path / "cars196"
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, cars196, mirror, server.url)
         assert main(["data", "prepare", "cars196", "--out", str(out)]) == 0
         # an unknown tree is refused before anything is fetched
         command = ["data", "prepare", "cars196", "--out", str(tmp_path / "x")]
@@ -188,10 +166,12 @@ def test_same_source_gives_byte_identical_tables_and_any_source_the_same(tmp_pat
     mirror = _serve_files(tmp_path)
     builder = cars196.Cars196Builder()
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, cars196, mirror, server.url)
         builder.prepare(tmp_path / "a", builder.Options(), None)
         builder.prepare(tmp_path / "b", builder.Options(), None)
-        _pin(monkeypatch, mirror, "http://127.0.0.1:9/unused")  # only the mirror is asked
+        pin_files(
+            monkeypatch, cars196, mirror, "http://127.0.0.1:9/unused"
+        )  # only the mirror is asked
         builder.prepare(tmp_path / "via_mirror", builder.Options(), server.url)
     # the extracted tree of a run, given as the source of another
     builder.prepare(tmp_path / "via_dir", builder.Options(), str(tmp_path / "a/raw"))
@@ -219,7 +199,7 @@ def test_missing_and_corrupt_images_are_named(tmp_path, monkeypatch):
     mirror = _serve_files(tmp_path, corrupt=broken, missing=absent)
     builder = cars196.Cars196Builder()
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, cars196, mirror, server.url)
         with pytest.raises(HierpipeError, match=r"2 of 12 image\(s\)") as error:
             builder.prepare(tmp_path / "strict", builder.Options(), None)
         assert broken in str(error.value) and absent in str(error.value)

@@ -1,15 +1,13 @@
 """CIFAR-100 from a tiny archive of real pickles in the official layout, served over 127.0.0.1."""
 
-import hashlib
-import io
 import pickle
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from dataset_fixtures import add_member, pin_files
 from http_server import serve_directory
 from PIL import Image
 
@@ -53,12 +51,6 @@ def _batch(per_class: int, seed: int) -> dict:
     }
 
 
-def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    archive.addfile(info, io.BytesIO(data))
-
-
 def _serve_files(tmp_path: Path, meta: dict | None = None, csv: str | None = None) -> dict:
     """The mirror: cifar-100-python.tar.gz and CIFAR100_cls.csv; returns the pickled dicts."""
     mirror = tmp_path / "mirror"
@@ -71,27 +63,14 @@ def _serve_files(tmp_path: Path, meta: dict | None = None, csv: str | None = Non
     with tarfile.open(mirror / "cifar-100-python.tar.gz", "w:gz") as archive:
         # protocol 4 writes the same dicts as the real Python 2 files, numpy arrays included
         for name, content in (*batches.items(), ("meta", meta)):
-            _add(archive, f"cifar-100-python/{name}", pickle.dumps(content, protocol=4))
+            add_member(archive, f"cifar-100-python/{name}", pickle.dumps(content, protocol=4))
     (mirror / "CIFAR100_cls.csv").write_text(csv or _csv(PATHS), newline="")
     return batches
 
 
-def _pin(monkeypatch, mirror: Path, base_url: str) -> None:
-    """The official files at the local server, pinned to the fixture's checksums."""
-    files = tuple(
-        replace(
-            f,
-            url=f"{base_url}/{f.name}",
-            checksum="sha256:" + hashlib.sha256((mirror / f.name).read_bytes()).hexdigest(),
-        )
-        for f in cifar100.FILES
-    )
-    monkeypatch.setattr(cifar100, "FILES", files)
-
-
 def _prepare(tmp_path: Path, monkeypatch, *args: str, out: str = "cifar100") -> Path:
     with serve_directory(tmp_path / "mirror") as server:
-        _pin(monkeypatch, tmp_path / "mirror", server.url)
+        pin_files(monkeypatch, cifar100, tmp_path / "mirror", server.url)
         assert main(["data", "prepare", "cifar100", "--out", str(tmp_path / out), *args]) == 0
     return tmp_path / out
 
@@ -176,7 +155,7 @@ def test_hierarchy_not_matching_the_classes_is_refused(tmp_path, monkeypatch):
     del paths["wolf"]
     _serve_files(tmp_path, csv=_csv(paths))
     with serve_directory(tmp_path / "mirror") as server:
-        _pin(monkeypatch, tmp_path / "mirror", server.url)
+        pin_files(monkeypatch, cifar100, tmp_path / "mirror", server.url)
         builder = cifar100.CIFAR100Builder()
         with pytest.raises(
             HierpipeError,
@@ -194,7 +173,7 @@ def test_pickle_with_other_globals_is_refused(tmp_path, monkeypatch):
     meta = {b"fine_label_names": [name.encode() for name in FINE], b"coarse_label_names": print}
     _serve_files(tmp_path, meta=meta)
     with serve_directory(tmp_path / "mirror") as server:
-        _pin(monkeypatch, tmp_path / "mirror", server.url)
+        pin_files(monkeypatch, cifar100, tmp_path / "mirror", server.url)
         builder = cifar100.CIFAR100Builder()
         with pytest.raises(HierpipeError, match=r"meta: not a CIFAR-100 pickle .*builtins.print"):
             builder.prepare(tmp_path / "out", builder.Options(), None)

@@ -1,16 +1,12 @@
 """CUB-200-2011 from a tiny archive in the official layout, served over 127.0.0.1."""
 
-import hashlib
-import io
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from dataset_fixtures import add_member, jpeg_bytes, pin_files
 from http_server import serve_directory
-from PIL import Image
 
 from hierpipe.cli import main
 from hierpipe.data import cub200, make_split, read_dataset, read_split
@@ -40,19 +36,6 @@ HIERARCHY = """Aves
 IMAGES_PER_CLASS = 3
 
 
-def _jpeg(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    archive.addfile(info, io.BytesIO(data))
-
-
 def _build_archive(path: Path, corrupt: str | None = None, missing: str | None = None) -> dict:
     """CUB_200_2011.tgz with 4 classes x 3 images; returns the expected per-image facts."""
     images, labels, is_train, expected = [], [], [], []
@@ -66,15 +49,17 @@ def _build_archive(path: Path, corrupt: str | None = None, missing: str | None =
                 is_train.append(f"{image_id} {int(k < 2)}")
                 expected.append((image_id, relative, c - 1, "train" if k < 2 else "test"))
                 if relative != missing:
-                    data = b"\xff\xd8\xff not a jpeg" if relative == corrupt else _jpeg(image_id)
-                    _add(archive, f"CUB_200_2011/images/{relative}", data)
+                    data = (
+                        b"\xff\xd8\xff not a jpeg" if relative == corrupt else jpeg_bytes(image_id)
+                    )
+                    add_member(archive, f"CUB_200_2011/images/{relative}", data)
         for name, lines in (
             ("images.txt", images),
             ("image_class_labels.txt", labels),
             ("train_test_split.txt", is_train),
             ("classes.txt", [f"{c} {n}" for c, n in enumerate(CLASSES, start=1)]),
         ):
-            _add(archive, f"CUB_200_2011/{name}", ("\n".join(lines) + "\n").encode())
+            add_member(archive, f"CUB_200_2011/{name}", ("\n".join(lines) + "\n").encode())
     return {"rows": expected}
 
 
@@ -89,24 +74,11 @@ def _serve_files(tmp_path: Path, **archive_options) -> tuple[Path, dict]:
     return mirror, facts
 
 
-def _pin(monkeypatch, mirror: Path, base_url: str) -> None:
-    """The official files at the local server, pinned to the fixture's checksums."""
-    files = tuple(
-        replace(
-            f,
-            url=f"{base_url}/{f.name}",
-            checksum="sha256:" + hashlib.sha256((mirror / f.name).read_bytes()).hexdigest(),
-        )
-        for f in cub200.FILES
-    )
-    monkeypatch.setattr(cub200, "FILES", files)
-
-
 def test_prepare_downloads_verifies_and_writes_the_tables(tmp_path, monkeypatch):
     mirror, facts = _serve_files(tmp_path)
     out = tmp_path / "cub200"
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, cub200, mirror, server.url)
         assert main(["data", "prepare", "cub200", "--out", str(out)]) == 0
     samples, tree = read_dataset(out)
     rows = facts["rows"]
@@ -151,7 +123,7 @@ def test_prepare_downloads_verifies_and_writes_the_tables(tmp_path, monkeypatch)
 def test_same_archive_gives_byte_identical_tables(tmp_path, monkeypatch):
     mirror, _ = _serve_files(tmp_path)
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, cub200, mirror, server.url)
         for out in ("a", "b"):
             cub200.CUB200Builder().prepare(tmp_path / out, cub200.CUB200Builder.Options(), None)
     for name in ("samples.parquet", "classes.parquet", "predefined_splits.parquet"):
@@ -161,7 +133,9 @@ def test_same_archive_gives_byte_identical_tables(tmp_path, monkeypatch):
 def test_mirror_and_extracted_directory_sources(tmp_path, monkeypatch):
     mirror, _ = _serve_files(tmp_path)
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, "http://127.0.0.1:9/unused")  # only the mirror is asked
+        pin_files(
+            monkeypatch, cub200, mirror, "http://127.0.0.1:9/unused"
+        )  # only the mirror is asked
         builder = cub200.CUB200Builder()
         builder.prepare(tmp_path / "via_mirror", builder.Options(), server.url)
     # the extracted tree of that run, given as the source of another
@@ -188,7 +162,7 @@ def test_missing_and_corrupt_images_are_named(tmp_path, monkeypatch):
     absent = f"{CLASSES[2]}/Sooty_Albatross_0000.jpg"
     mirror, _ = _serve_files(tmp_path, corrupt=broken, missing=absent)
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, cub200, mirror, server.url)
         builder = cub200.CUB200Builder()
         with pytest.raises(HierpipeError, match=r"2 of 12 image\(s\)") as error:
             builder.prepare(tmp_path / "strict", builder.Options(), None)
@@ -207,7 +181,7 @@ def test_hierarchy_not_matching_the_classes_is_refused(tmp_path, monkeypatch):
         "".join(f"{c} {s}\n" for c, s in enumerate([*SCIENTIFIC[:3], "Aethia pusilla"], start=1))
     )
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, cub200, mirror, server.url)
         with pytest.raises(HierpipeError, match=r"not nodes of the hierarchy: 'Aethia pusilla'"):
             cub200.CUB200Builder().prepare(tmp_path / "out", cub200.CUB200Builder.Options(), None)
     assert not (tmp_path / "out/samples.parquet").exists()

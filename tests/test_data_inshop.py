@@ -1,15 +1,13 @@
 """DeepFashion In-shop from tiny files in the official layout, given by hand as --source."""
 
-import io
 import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from dataset_fixtures import jpeg_bytes
 from http_server import serve_directory
-from PIL import Image
 
 from hierpipe.cli import main
 from hierpipe.data import inshop, make_split, read_dataset, read_split
@@ -32,13 +30,6 @@ ROWS = [
 TABLES = ("samples.parquet", "classes.parquet", "predefined_splits.parquet")
 
 
-def _jpeg(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def _lines() -> list[str]:
     """list_eval_partition.txt as lines: count, column names, rows padded into columns."""
     rows = [f"{name:<56}{item:<16}{status}" for name, item, status in ROWS]
@@ -50,7 +41,7 @@ def _extracted(directory: Path, lines: list[str], missing: tuple[str, ...] = ())
     for seed, (name, _, _) in enumerate(ROWS):
         if name not in missing:
             (directory / name).parent.mkdir(parents=True, exist_ok=True)
-            (directory / name).write_bytes(_jpeg(seed))
+            (directory / name).write_bytes(jpeg_bytes(seed))
     (directory / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
     return directory
 

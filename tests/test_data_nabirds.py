@@ -1,16 +1,14 @@
 """NABirds from a tiny archive in the official layout, served over 127.0.0.1."""
 
-import hashlib
 import io
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from dataset_fixtures import jpeg_bytes, pin_files
 from http_server import serve_directory
-from PIL import Image
 
 from hierpipe.cli import main
 from hierpipe.data import make_split, nabirds, read_dataset, read_split
@@ -40,13 +38,6 @@ LEAVES = [4, 5, 8, 9, 10, 13, 14]  # the classes with images, by class id = labe
 IMAGES_PER_CLASS = 10
 
 
-def _jpeg(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def _lines(rows) -> bytes:
     return "".join(f"{key} {value}\n" for key, value in rows).encode()
 
@@ -65,7 +56,7 @@ def _members() -> tuple[dict[str, bytes], list[tuple]]:
         subset = "train" if seen[class_id] % 2 == 0 else "test"
         seen[class_id] += 1
         rows.append((uuid, f"{class_id:04d}/{uuid.replace('-', '')}.jpg", class_id, subset))
-    members = {f"nabirds/images/{path}": _jpeg(i) for i, (_, path, _, _) in enumerate(rows)}
+    members = {f"nabirds/images/{path}": jpeg_bytes(i) for i, (_, path, _, _) in enumerate(rows)}
     members["nabirds/images.txt"] = _lines((u, p) for u, p, _, _ in rows)
     members["nabirds/image_class_labels.txt"] = _lines((u, c) for u, _, c, _ in rows)
     members["nabirds/train_test_split.txt"] = _lines(
@@ -87,23 +78,10 @@ def _serve_files(tmp_path: Path, members: dict[str, bytes]) -> Path:
     return mirror
 
 
-def _pin(monkeypatch, mirror: Path, base_url: str) -> None:
-    """The official files at the local server, pinned to the fixture's checksums."""
-    files = tuple(
-        replace(
-            f,
-            url=f"{base_url}/{f.name}",
-            checksum="sha256:" + hashlib.sha256((mirror / f.name).read_bytes()).hexdigest(),
-        )
-        for f in nabirds.FILES
-    )
-    monkeypatch.setattr(nabirds, "FILES", files)
-
-
 def _prepare(tmp_path: Path, monkeypatch, members: dict[str, bytes], **options) -> Path:
     mirror = _serve_files(tmp_path, members)
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, nabirds, mirror, server.url)
         builder = nabirds.NABirdsBuilder()
         builder.prepare(tmp_path / "out", builder.Options(**options), None)
     return tmp_path / "out"
@@ -114,7 +92,7 @@ def test_prepare_downloads_verifies_and_writes_the_tables(tmp_path, monkeypatch)
     mirror = _serve_files(tmp_path, members)
     out = tmp_path / "nabirds"
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, nabirds, mirror, server.url)
         assert main(["data", "prepare", "nabirds", "--out", str(out)]) == 0
     samples, tree = read_dataset(out)
     assert samples["sample_id"].tolist() == list(range(1, len(rows) + 1))
@@ -156,7 +134,7 @@ def test_same_archive_gives_byte_identical_tables(tmp_path, monkeypatch):
     members, _ = _members()
     mirror = _serve_files(tmp_path, members)
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, nabirds, mirror, server.url)
         for out in ("a", "b"):
             builder = nabirds.NABirdsBuilder()
             builder.prepare(tmp_path / out, builder.Options(), None)

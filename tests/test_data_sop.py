@@ -1,16 +1,12 @@
 """Stanford Online Products from a tiny zip in the official layout, served over 127.0.0.1."""
 
-import hashlib
-import io
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from dataset_fixtures import jpeg_bytes, pin_files
 from http_server import serve_directory
-from PIL import Image
 
 from hierpipe.cli import main
 from hierpipe.data import make_split, read_dataset, read_split, sop
@@ -25,13 +21,6 @@ CLASSES = {
 }
 IMAGES_PER_CLASS = 2
 TRAIN_IMAGES = len(CLASSES["Ebay_train.txt"]) * IMAGES_PER_CLASS
-
-
-def _jpeg(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
 
 
 def _metadata() -> dict[str, list[str]]:
@@ -62,7 +51,7 @@ def _write_dataset(
             image_id, *_, relative = line.split()
             if relative != missing:
                 (root / relative).parent.mkdir(parents=True, exist_ok=True)
-                (root / relative).write_bytes(_jpeg(int(image_id)))
+                (root / relative).write_bytes(jpeg_bytes(int(image_id)))
     return directory
 
 
@@ -79,19 +68,6 @@ def _serve_files(tmp_path: Path) -> Path:
     return mirror
 
 
-def _pin(monkeypatch, mirror: Path, base_url: str) -> None:
-    """The official file at the local server, pinned to the fixture's checksum."""
-    files = tuple(
-        replace(
-            f,
-            url=f"{base_url}/{f.name}",
-            checksum="sha256:" + hashlib.sha256((mirror / f.name).read_bytes()).hexdigest(),
-        )
-        for f in sop.FILES
-    )
-    monkeypatch.setattr(sop, "FILES", files)
-
-
 def _prepare(source: Path, out: Path, **options) -> None:
     sop.SOPBuilder().prepare(out, sop.SOPBuilder.Options(**options), str(source))
 
@@ -100,7 +76,7 @@ def test_prepare_downloads_verifies_and_writes_the_tables(tmp_path, monkeypatch)
     mirror = _serve_files(tmp_path)
     out = tmp_path / "sop"
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, sop, mirror, server.url)
         assert main(["data", "prepare", "sop", "--out", str(out)]) == 0
     samples, tree = read_dataset(out)
     rows = [line.split() for lines in _metadata().values() for line in lines[1:]]
@@ -130,7 +106,7 @@ def test_prepare_downloads_verifies_and_writes_the_tables(tmp_path, monkeypatch)
 def test_same_data_gives_byte_identical_tables(tmp_path, monkeypatch):
     mirror = _serve_files(tmp_path)
     with serve_directory(mirror) as server:
-        _pin(monkeypatch, mirror, server.url)
+        pin_files(monkeypatch, sop, mirror, server.url)
         sop.SOPBuilder().prepare(tmp_path / "a", sop.SOPBuilder.Options(), None)
     # the extracted tree of that run, given as the source of another
     _prepare(tmp_path / "a/raw", tmp_path / "b")
