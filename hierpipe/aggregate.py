@@ -1,27 +1,33 @@
-"""Tables across runs: one row per (dataset, model), mean and sd of every measure over seeds."""
+"""Tables across runs: one row per (dataset, model, option) with, for every measure, the mean,
+sd and confidence interval over seeds and a mark on the best value of each column."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from hierpipe.errors import HierpipeError
 from hierpipe.evaluate import read_metrics
 from hierpipe.io import write_parquet_atomic, write_text_atomic
+from hierpipe.measures import direction
+from hierpipe.statistics import mean_confidence_interval
 
 KEYS = ["dataset", "model", "option"]
-RUN_COLUMNS = [
-    *KEYS,
-    "seed",
-    "run",
+# Run attributes the summary keeps beside the statistics (the same for every seed of a row).
+ROW_ATTRIBUTES = [
     "trained",
     "proxies_from_hierarchy",
     "loss",
     "regularizer",
+    "backbone",
+    "embedding_dim",
+    "space",
 ]
+RUN_COLUMNS = [*KEYS, "seed", "run", *ROW_ATTRIBUTES]
 
 # The summary's tables: title -> {measure: column title}. Every measure is in summary.csv.
 SECTIONS = {
@@ -92,8 +98,7 @@ def collect_runs(metrics_paths: Sequence[str | Path]) -> pd.DataFrame:
                 "option": document["option"],
                 "trained": document["trained"],
                 "proxies_from_hierarchy": document["proxies_from_hierarchy"],
-                "loss": document.get("loss"),
-                "regularizer": document.get("regularizer"),
+                **{key: document.get(key) for key in ROW_ATTRIBUTES[2:]},
                 **{k: (float("nan") if v is None else v) for k, v in document["metrics"].items()},
             }
         )
@@ -106,18 +111,49 @@ def collect_runs(metrics_paths: Sequence[str | Path]) -> pd.DataFrame:
     return runs.sort_values([*KEYS, "seed"], kind="stable").reset_index(drop=True)
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample sd (NaN for a single seed) of every measure, per (dataset, model)."""
+def summarize(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per (dataset, model, option) and measure: mean, sample sd, the t-interval of the mean
+    at `confidence` (NaN below two seeds), and `best`, the best mean of its dataset's column.
+
+    The best is sought among learned models only: the untrained baseline is not a candidate,
+    and neither are proxies fitted to the true tree (MDS), whose hierarchy scores measure the
+    fit. Measures that are not scores (hierpipe.measures.direction 0) have no best.
+    """
     measures = [c for c in runs.columns if c not in RUN_COLUMNS]
-    grouped = runs.groupby(KEYS, sort=False)[measures]
-    summary = grouped.mean().add_suffix("/mean").join(grouped.std(ddof=1).add_suffix("/sd"))
-    summary.insert(0, "n_seeds", runs.groupby(KEYS, sort=False)["seed"].nunique())
-    flags = runs.groupby(KEYS, sort=False)[["trained", "proxies_from_hierarchy"]].all()
-    summary = summary.join(flags)
-    ordered = ["n_seeds", "trained", "proxies_from_hierarchy"] + [
-        f"{m}/{stat}" for m in measures for stat in ("mean", "sd")
+    rows = []
+    for keys, group in runs.groupby(KEYS, sort=False):
+        row = dict(zip(KEYS, keys, strict=True))
+        row["n_seeds"] = group["seed"].nunique()
+        row["trained"] = bool(group["trained"].all())
+        row["proxies_from_hierarchy"] = bool(group["proxies_from_hierarchy"].all())
+        row.update({key: group[key].iloc[0] for key in ROW_ATTRIBUTES[2:]})
+        for measure in measures:
+            interval = mean_confidence_interval(group[measure].to_numpy(float), confidence)
+            row[f"{measure}/mean"] = interval.mean
+            row[f"{measure}/sd"] = interval.sd
+            row[f"{measure}/ci_low"] = interval.low
+            row[f"{measure}/ci_high"] = interval.high
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    candidate = summary["trained"] & ~summary["proxies_from_hierarchy"]
+    best = {f"{m}/best": _best_in_dataset(summary, m, candidate) for m in measures}
+    summary = pd.concat([summary, pd.DataFrame(best, index=summary.index)], axis=1)
+    ordered = [*KEYS, "n_seeds", *ROW_ATTRIBUTES] + [
+        f"{m}/{stat}" for m in measures for stat in STATISTICS
     ]
-    return summary[ordered].reset_index()
+    return summary[ordered]
+
+
+STATISTICS = ("mean", "sd", "ci_low", "ci_high", "best")
+
+
+def _best_in_dataset(summary: pd.DataFrame, measure: str, candidate: pd.Series) -> pd.Series:
+    sign = direction(measure)
+    if sign == 0:
+        return pd.Series(False, index=summary.index)
+    score = summary[f"{measure}/mean"].where(candidate) * sign
+    top = score.groupby(summary["dataset"]).transform("max")
+    return score.notna() & (score == top)
 
 
 # The few means per model that `dvc metrics show` lists (the headline file).
@@ -142,27 +178,54 @@ def headline_metrics(summary: pd.DataFrame) -> dict[str, dict[str, dict[str, flo
 
 
 def aggregate(
-    metrics_paths: Sequence[str | Path], out_dir: str | Path, headline: str | Path | None = None
+    metrics_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    headline: str | Path | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Write summary.parquet, summary.csv and summary.md (the last one last: it marks done),
-    and with `headline` a JSON file of the headline means (DVC's metrics file)."""
+    """Write the experiment's tables into `out_dir`: summary, paired comparisons (the
+    questions of `params`) and the Table-1-style retrieval table, each as Parquet/CSV and
+    Markdown; summary.md last (it marks the step done). With `headline`, a JSON file of the
+    headline means (DVC's metrics file)."""
+    from hierpipe.comparisons import (
+        compare,
+        comparisons_markdown,
+        questions_from_params,
+        statistics_settings,
+    )
+    from hierpipe.retrieval_table import retrieval_markdown, retrieval_table
+
+    params = params or {}
+    settings = statistics_settings(params)
+    questions = questions_from_params(params)
     out_dir = Path(out_dir)
     runs = collect_runs(metrics_paths)
-    summary = summarize(runs)
+    summary = summarize(runs, settings.confidence)
+    comparisons = compare(runs, questions, settings)
+    retrieval = retrieval_table(summary)
     if headline is not None:
         document = json.dumps(headline_metrics(summary), indent=2, sort_keys=True)
         write_text_atomic(document + "\n", headline)
+    for name, table in (("comparisons", comparisons), ("retrieval_table", retrieval)):
+        write_parquet_atomic(table, out_dir / f"{name}.parquet")
+        write_text_atomic(table.to_csv(index=False), out_dir / f"{name}.csv")
+    write_text_atomic(
+        comparisons_markdown(comparisons, questions, settings), out_dir / "comparisons.md"
+    )
+    write_text_atomic(retrieval_markdown(retrieval), out_dir / "retrieval_table.md")
     write_parquet_atomic(summary, out_dir / "summary.parquet")
     write_text_atomic(summary.to_csv(index=False), out_dir / "summary.csv")
-    write_text_atomic(to_markdown(summary, runs), out_dir / "summary.md")
+    write_text_atomic(to_markdown(summary, settings.confidence), out_dir / "summary.md")
     return summary
 
 
-def to_markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+def to_markdown(summary: pd.DataFrame, confidence: float = 0.95) -> str:
     lines = [
         "# Summary",
         "",
-        "Mean ± sd over seeds (sd omitted for one seed); n/a = not defined.",
+        f"Mean ± sd [{confidence:.0%} confidence interval] over seeds (sd and interval need "
+        "two seeds or more); n/a = not defined. **Bold**: the best mean of the column among "
+        "learned models (not the untrained baseline, not proxies fitted to the tree).",
         "",
     ]
     for dataset, table in summary.groupby("dataset", sort=False):
@@ -188,7 +251,6 @@ def to_markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
                 "",
             ]
         lines += _baseline_comparison(table, names)
-        lines += _regularizer_comparison(runs[runs["dataset"] == dataset])
         measures = [c.removesuffix("/mean") for c in table.columns if c.endswith("/mean")]
         lines += ["", "<details><summary>All measures</summary>", ""]
         lines += _markdown_table(
@@ -209,14 +271,6 @@ def _run_name(row: pd.Series) -> str:
 BASELINE_MEASURES = {
     "retrieval/recall@1": "R@1",
     "hierarchy/prototype/classwise_spearman": "classwise rho (prototype)",
-}
-
-
-REGULARIZER_MEASURES = {
-    "hierarchy/prototype/classwise_spearman": "classwise rho (prototype)",
-    "hierarchy/prototype/elementwise_spearman": "elementwise rho (prototype)",
-    "retrieval/recall@1": "R@1",
-    "retrieval/ahs": "AHS",
 }
 
 
@@ -244,51 +298,14 @@ def _baseline_comparison(table: pd.DataFrame, names: list[str]) -> list[str]:
     return lines + _markdown_table(header, rows)
 
 
-def _regularizer_comparison(runs: pd.DataFrame) -> list[str]:
-    """Each regularised model minus the model with the same loss and options without one.
-
-    Paired by seed, since a seed fixes initial weights and batch order for both; a model is
-    compared only when exactly one unregularised model shares its loss and option set.
-    """
-    measures = [m for m in REGULARIZER_MEASURES if m in runs.columns]
-    plain = runs[runs["trained"] & runs["regularizer"].isna()]
-    rows = []
-    for (model, option), group in runs[runs["regularizer"].notna()].groupby(
-        ["model", "option"], sort=False
-    ):
-        loss = group["loss"].iloc[0]
-        bases = plain[(plain["loss"] == loss) & (plain["option"] == option)]
-        if bases["model"].nunique() != 1:
-            continue
-        paired = group.merge(bases, on="seed", suffixes=("", "_base"))
-        if paired.empty:
-            continue
-        cells = []
-        for m in measures:
-            delta = paired[m] - paired[f"{m}_base"]
-            spread = "" if len(delta) < 2 else f" ± {delta.std(ddof=1):.4f}"
-            cells.append(f"{delta.mean():+.4f}{spread} ({int((delta > 0).sum())}/{len(delta)})")
-        rows.append([f"{model} ({option})", bases["model"].iloc[0], str(len(paired)), *cells])
-    if not rows:
-        return []
-    header = ["model", "without regulariser", "paired seeds"]
-    header += [f"Δ {REGULARIZER_MEASURES[m]}" for m in measures]
-    return [
-        "",
-        "### Against the same loss without the regulariser",
-        "",
-        "Mean ± sd over seeds of the paired differences; (k/n) = seeds where the regularised "
-        "model is higher. Higher is better for every measure shown.",
-        "",
-        *_markdown_table(header, rows),
-    ]
-
-
 def _cell(row: pd.Series, measure: str) -> str:
     mean, sd = row[f"{measure}/mean"], row[f"{measure}/sd"]
     if pd.isna(mean):
         return "n/a"
-    return f"{mean:.4f}" if pd.isna(sd) else f"{mean:.4f} ± {sd:.4f}"
+    text = f"{mean:.4f}"
+    if pd.notna(sd):
+        text += f" ± {sd:.4f} [{row[f'{measure}/ci_low']:.4f}, {row[f'{measure}/ci_high']:.4f}]"
+    return f"**{text}**" if row.get(f"{measure}/best", False) else text
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:

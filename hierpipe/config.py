@@ -247,6 +247,10 @@ def check_params(params: Mapping[str, Any]) -> None:
             raise HierpipeError(
                 f"params: backbone.name {backbone!r} (models.{model}) is not a timm model name"
             )
+    from hierpipe.comparisons import questions_from_params, statistics_settings
+
+    statistics_settings(params)
+    questions_from_params(params)
     fractions = [d.get("split", {}).get("fractions") for d in params["datasets"].values()]
     for dataset, fraction in zip(params["datasets"], fractions, strict=True):
         if fraction is not None and abs(sum(fraction.values()) - 1.0) > 1e-6:
@@ -400,16 +404,33 @@ def write_run_config(config: RunConfig, path: str | Path) -> None:
 
 
 def read_run_config(path: str | Path) -> RunConfig:
+    return RunConfig.from_dict(read_yaml_mapping(path, "run settings"), source=str(path))
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (of `what`), loaded safely."""
     path = Path(path)
     if not path.is_file():
-        raise HierpipeError(f"{path}: run config not found")
+        raise HierpipeError(f"{path}: file not found (expected {what})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise HierpipeError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(data, dict):
-        raise HierpipeError(f"{path}: expected a mapping of run settings")
-    return RunConfig.from_dict(data, source=str(path))
+        raise HierpipeError(f"{path}: expected a mapping of {what}")
+    return data
+
+
+def write_resolved_params(params: Mapping[str, Any], path: str | Path) -> None:
+    """The experiment's params as the workflow ran them, and under `resolved_runs` every
+    run's complete settings (defaults filled in), keyed `<dataset>/<run id>`."""
+    runs = {
+        f"{dataset}/{run_id(model, option, seed)}": resolve_run_config(
+            params, dataset, model, option, seed
+        ).to_dict()
+        for dataset, model, option, seed in grid(params)
+    }
+    write_yaml_atomic({**params, "resolved_runs": runs}, path)
 
 
 def write_yaml_atomic(data: Any, path: str | Path) -> None:

@@ -78,7 +78,7 @@ def evaluate_run(
         if kind == "hier_proxy":  # not one per class: judged by the tree they induce, below
             continue
         vectors = np.stack(group["vector"].to_numpy())
-        metric = _representative_metric(config, kind)
+        metric = representative_metric(config, kind)
         metrics.update(
             _hierarchy(kind, group["class_id"].to_numpy(), vectors, tree, tree_dist, *metric)
         )
@@ -100,6 +100,9 @@ def evaluate_run(
         "loss": config.loss,
         "regularizer": config.regularizer.name if config.regularizer is not None else None,
         "seed": config.seed,
+        "backbone": config.backbone.name,
+        "embedding_dim": config.backbone.embedding_dim,
+        "space": config.head.space,
         "trained": config.trained,
         # Q17: proxies fitted to the true tree (MDS, CORR) measure that fit, not learning
         "proxies_from_hierarchy": proxies_from_hierarchy(config.training_options),
@@ -176,7 +179,10 @@ def _retrieval(
     """
     settings = config.evaluate
     queries, labels = embeddings.embedding[subset], embeddings.label[subset]
-    space = {"distance": settings.distance, "curvature": _curvature(config, settings.distance)}
+    space = {
+        "distance": settings.distance,
+        "curvature": distance_curvature(config, settings.distance),
+    }
     if settings.gallery is None:
         reference, reference_labels = None, labels
     else:
@@ -207,14 +213,14 @@ def _retrieval(
     return _prefixed("retrieval", metrics)
 
 
-def _curvature(config: RunConfig, metric: str) -> float | None:
+def distance_curvature(config: RunConfig, metric: str) -> float | None:
     return config.head.curvature if metric == "poincare" else None
 
 
-def _representative_metric(config: RunConfig, kind: str) -> tuple[str, float | None]:
+def representative_metric(config: RunConfig, kind: str) -> tuple[str, float | None]:
     """Ball prototypes are compared by Poincaré distance, directions by chord length."""
     metric = "poincare" if kind == "ball_prototype" else "chord"
-    return metric, _curvature(config, metric)
+    return metric, distance_curvature(config, metric)
 
 
 def _hierarchy(
@@ -285,7 +291,7 @@ def _hierarchical_proxies(
         np.stack(proxies["vector"].to_numpy()),
         tree,
         metric,
-        _curvature(config, metric),
+        distance_curvature(config, metric),
     )
     return _prefixed("hierarchy/hier_proxy", values)
 
@@ -310,4 +316,10 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     for key in ("run", "dataset", "model", "option", "seed", "trained", "metrics"):
         if key not in document:
             raise HierpipeError(f"{path}: missing key {key!r}")
+    for key in ("backbone", "embedding_dim", "space"):
+        if key not in document:
+            raise HierpipeError(
+                f"{path}: missing key {key!r}; written by an older hierpipe, so evaluate again "
+                "(snakemake --forcerun evaluate)"
+            )
     return document
