@@ -1,4 +1,4 @@
-"""Checks of scalar settings (hyperparameters, sizes) shared across the package.
+"""Checks of settings (hyperparameters, sizes) and point arrays shared across the package.
 
 Each raises HierpipeError naming the setting, what was expected and what it got.
 """
@@ -6,6 +6,8 @@ Each raises HierpipeError naming the setting, what was expected and what it got.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from hierpipe.errors import HierpipeError
 
@@ -35,3 +37,22 @@ def check_number(
         bound = "" if maximum == math.inf else f" <= {maximum:g}"
         raise HierpipeError(f"{name} must be {kind}{bound}, got {value!r}")
     return float(value)
+
+
+def check_points(name: str, shape: str, points: object) -> np.ndarray:
+    """`points` as a float64 array; raise unless it is a non-empty, finite 2-D array (the
+    `shape` a message shows, e.g. "(N, D)")."""
+    try:
+        x = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise HierpipeError(
+            f"{name}: expected a numeric {shape} array, got {type(points).__name__}"
+        ) from error
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise HierpipeError(
+            f"{name}: expected a 2-D {shape} array with at least one row and column, "
+            f"got shape {x.shape}"
+        )
+    if not np.isfinite(x).all():
+        raise HierpipeError(f"{name}: expected finite values, found NaN or Inf")
+    return x

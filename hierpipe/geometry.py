@@ -8,6 +8,7 @@ geoopt 0.5's ``PoincareBall(c)`` (it stores ``c`` as a positive magnitude and re
 """
 
 import geoopt
+import numpy as np
 import torch
 import torch.nn.functional as F
 from geoopt.manifolds.stereographic import math as stereographic
@@ -196,6 +197,19 @@ def check_metric(metric: str, curvature: float | None, name: str = "metric") -> 
     elif curvature is not None:
         raise HierpipeError(
             f"curvature: only applies to {name} 'poincare', got {curvature!r} with {metric!r}"
+        )
+
+
+def check_inside_ball(name: str, x: np.ndarray, curvature: float) -> None:
+    """Raise unless every row of `x` lies strictly inside the Poincaré ball of `curvature`
+    (c ||x||^2 < 1, in float64), naming the first row outside."""
+    # Outside the ball the Poincaré distance is undefined (NaN), so fail with the culprit.
+    outside = np.flatnonzero(curvature * np.square(x, dtype=np.float64).sum(axis=1) >= 1)
+    if len(outside):
+        i = outside[0]
+        raise HierpipeError(
+            f"{name}: expected points strictly inside the Poincaré ball of radius "
+            f"{curvature**-0.5:g}, got row {i} with norm {np.linalg.norm(x[i]):g}"
         )
 
 

@@ -16,12 +16,14 @@ _COSTS = ("ahc", "ece", "mce", "mistake_severity", "rf", "norm_rf", "induced_rf"
 _COST_PREFIXES = ("ahd@",)
 # Not scores: p-values of correlations, counts, and the depth AHS was averaged over.
 _NOT_SCORES = ("num_classes", "induced_internal_nodes", "ahs_k")
+# Measures of random vectors: the chance level beside each model, not the model's score.
+_CHANCE = "/random_vectors/"
 
 
 def direction(measure: str) -> Direction:
     """+1 when higher is better, -1 when lower is better, 0 when the value is not a score."""
     name = measure.rsplit("/", 1)[-1]
-    if name in _NOT_SCORES or name.endswith("_p"):
+    if name in _NOT_SCORES or name.endswith("_p") or _CHANCE in measure:
         return 0
     if name in _COSTS or name.startswith(_COST_PREFIXES):
         return -1

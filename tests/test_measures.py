@@ -18,6 +18,7 @@ from hierpipe.measures import direction
         ("hierarchy/proxy/classwise_spearman_p", 0),
         ("hierarchy/proxy/num_classes", 0),
         ("retrieval/ahs_k", 0),
+        ("hierarchy/random_vectors/classwise_spearman", 0),
     ],
 )
 def test_direction_of_measures(measure, expected):

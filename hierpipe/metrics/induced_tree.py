@@ -26,8 +26,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from hierpipe.checks import check_points
 from hierpipe.errors import HierpipeError
-from hierpipe.geometry import check_metric, pairwise_distances
+from hierpipe.geometry import check_inside_ball, check_metric, pairwise_distances
 from hierpipe.hierarchy import ClassTree
 from hierpipe.metrics.hierarchy import classwise_spearman, elementwise_spearman
 
@@ -49,49 +50,21 @@ _INDUCED_KEYS = (
 )
 
 
-def _points(name: str, shape: str, points: object) -> np.ndarray:
-    try:
-        x = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise HierpipeError(
-            f"{name}: expected a numeric {shape} array, got {type(points).__name__}"
-        ) from error
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise HierpipeError(
-            f"{name}: expected a 2-D {shape} array with at least one row and column, "
-            f"got shape {x.shape}"
-        )
-    if not np.isfinite(x).all():
-        raise HierpipeError(f"{name}: expected finite values, found NaN or Inf")
-    return x
-
-
-def _check_inside_ball(name: str, x: np.ndarray, curvature: float) -> None:
-    # Outside the ball the Poincaré distance is undefined (NaN), so fail with the culprit.
-    outside = np.flatnonzero(curvature * np.square(x).sum(axis=1) >= 1)
-    if len(outside):
-        i = outside[0]
-        raise HierpipeError(
-            f"{name}: expected points strictly inside the Poincaré ball of radius "
-            f"{curvature**-0.5:g}, got row {i} with norm {np.linalg.norm(x[i]):g}"
-        )
-
-
 def _inputs(
     class_points: object, proxies: object, metric: str, curvature: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated class points and proxies as float64 tensors."""
     check_metric(metric, curvature)
-    x = _points("class_points", "(C, D)", class_points)
-    p = _points("proxies", "(M, D)", proxies)
+    x = check_points("class_points", "(C, D)", class_points)
+    p = check_points("proxies", "(M, D)", proxies)
     if x.shape[1] != p.shape[1]:
         raise HierpipeError(
             f"class_points and proxies: expected the same dimension D, got {x.shape[1]} "
             f"and {p.shape[1]}"
         )
     if metric == "poincare":
-        _check_inside_ball("class_points", x, curvature)
-        _check_inside_ball("proxies", p, curvature)
+        check_inside_ball("class_points", x, curvature)
+        check_inside_ball("proxies", p, curvature)
     return torch.from_numpy(x), torch.from_numpy(p)
 
 
@@ -131,12 +104,12 @@ def lca_distances(
     return _lca_distances(x, p, metric, curvature).numpy()
 
 
-def _depths(points: torch.Tensor, metric: str, curvature: float | None) -> np.ndarray:
+def depths_from_origin(points: torch.Tensor, metric: str, curvature: float | None) -> np.ndarray:
     origin = torch.zeros((1, points.shape[1]), dtype=points.dtype)
     return pairwise_distances(points, origin, metric, curvature)[:, 0].numpy()
 
 
-def _nearest_shallower(dist: np.ndarray, depth: np.ndarray, proxy_depth: np.ndarray) -> np.ndarray:
+def nearest_shallower(dist: np.ndarray, depth: np.ndarray, proxy_depth: np.ndarray) -> np.ndarray:
     """Per row, the nearest proxy strictly shallower than the row's point; -1 if none.
 
     Equal distances go to the lowest proxy index (argmin keeps the first).
@@ -159,11 +132,11 @@ def _check_depth_metric(metric: str) -> None:
 def _induced_tree(
     x: torch.Tensor, p: torch.Tensor, metric: str, curvature: float | None
 ) -> tuple[ClassTree, int]:
-    proxy_depth = _depths(p, metric, curvature)
+    proxy_depth = depths_from_origin(p, metric, curvature)
     # a class hangs from its nearest proxy whatever its depth: class points are means,
     # shallower than their samples, and may lie above every proxy
     class_parent = pairwise_distances(x, p, metric, curvature).numpy().argmin(axis=1)
-    proxy_parent = _nearest_shallower(
+    proxy_parent = nearest_shallower(
         pairwise_distances(p, p, metric, curvature).numpy(), proxy_depth, proxy_depth
     )
     m = len(proxy_depth)
