@@ -1,5 +1,5 @@
 # hierpipe: download/split -> train every model/option/seed -> export embeddings ->
-# evaluate -> aggregate. Params: params/default.yaml, or --configfile params/<other>.yaml.
+# evaluate -> tables and figures. Params: params/default.yaml, or --configfile params/<other>.yaml.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -48,4 +48,5 @@ rule all:
     input:
         all_metrics(),
         f"{RESULTS}/summary.md",
+        [f"{RESULTS}/{figure.stem}.{extension}" for figure in FIGURES for extension in FORMATS],
     default_target: True

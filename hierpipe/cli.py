@@ -67,8 +67,30 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _aggregate(args: argparse.Namespace) -> None:
     from hierpipe.aggregate import aggregate
+    from hierpipe.config import read_yaml_mapping
 
-    aggregate(args.metrics, args.out_dir, args.headline_out)
+    params = read_yaml_mapping(args.params, "experiment params") if args.params else None
+    aggregate(args.metrics, args.out_dir, args.headline_out, params)
+
+
+def _figures(args: argparse.Namespace) -> None:
+    from hierpipe.config import read_yaml_mapping
+    from hierpipe.plots.render import render_figures
+    from hierpipe.tracking import log_figures
+
+    params = read_yaml_mapping(args.params, "experiment params")
+    written = render_figures(params, args.results_dir, args.group)
+    log_figures(
+        [
+            (
+                None if figure.model is None else f"{figure.dataset}/{figure.runs[0]}/evaluate",
+                f"figures/{figure.dataset}" if figure.model is None else "figures",
+                path,
+            )
+            for figure, paths in written.items()
+            for path in paths
+        ]
+    )
 
 
 def _ui(args: argparse.Namespace) -> None:
@@ -150,11 +172,30 @@ def _parser() -> argparse.ArgumentParser:
 
     aggregate = verbs.add_parser("aggregate", help="summary tables over runs and seeds")
     aggregate.add_argument("metrics", nargs="+", help="metrics.json files")
-    aggregate.add_argument("--out-dir", required=True, help="writes summary.parquet/.csv/.md")
+    aggregate.add_argument(
+        "--out-dir",
+        required=True,
+        help="writes summary, comparisons and retrieval_table (.parquet/.csv/.md)",
+    )
+    aggregate.add_argument(
+        "--params", help="the experiment's params (statistics settings, comparisons)"
+    )
     aggregate.add_argument(
         "--headline-out", help="also write the headline means as JSON (DVC's metrics file)"
     )
     aggregate.set_defaults(handler=_aggregate, verb="aggregate")
+
+    from hierpipe.plots.plan import GROUPS
+
+    figures = verbs.add_parser(
+        "figures", help="draw the experiment's figures (PNG and PDF) from its results"
+    )
+    figures.add_argument("--params", required=True, help="the experiment's params.yaml")
+    figures.add_argument("--results-dir", required=True, help="results/<experiment>")
+    figures.add_argument(
+        "--group", choices=GROUPS, help="draw only this group of figures (default: all)"
+    )
+    figures.set_defaults(handler=_figures, verb="figures")
 
     ui = verbs.add_parser(
         "ui", help="browse the MLflow runs (store: $MLFLOW_TRACKING_URI or ./mlflow/mlflow.db)"

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -102,6 +102,36 @@ def end_workflow_run(status: Literal["FINISHED", "FAILED"]) -> None:
     uri = os.environ[URI_ENV]
     with _store_errors(uri, f"end the workflow run {parent_id}"):
         MlflowClient(uri).set_terminated(parent_id, status=status)
+
+
+def log_figures(figures: Sequence[tuple[str | None, str, Path]]) -> None:
+    """Log figure files as artifacts: (run name, artifact folder, file) each.
+
+    A run name (`<dataset>/<run id>/evaluate`) sends the file to the newest entry of that
+    name in the workflow's experiment, so a run's figures sit beside its metrics; None (or a
+    name with no entry yet) sends it to the workflow's parent run. Outside the workflow
+    nothing is logged.
+    """
+    parent_id = os.environ.get(PARENT_ENV)
+    if not parent_id or not tracking_enabled():
+        return
+    from mlflow import MlflowClient
+
+    uri = os.environ[URI_ENV]
+    with _store_errors(uri, "log figures"):
+        client = MlflowClient(uri)
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        targets: dict[str | None, str] = {None: parent_id}
+        for name, folder, path in figures:
+            if name not in targets:
+                found = client.search_runs(
+                    [experiment_id],
+                    filter_string=f"attributes.run_name = '{name}'",
+                    order_by=["attributes.start_time DESC"],
+                    max_results=1,
+                )
+                targets[name] = found[0].info.run_id if found else parent_id
+            client.log_artifact(targets[name], str(path), folder)
 
 
 def run_tracker(config: Any, step: Step) -> RunTracker | NullTracker:

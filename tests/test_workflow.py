@@ -5,11 +5,18 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO, write_yaml
+from PIL import Image
+
+from hierpipe.plots.plan import KINDS, figure_plan
 
 pytestmark = pytest.mark.slow
 
@@ -126,8 +133,9 @@ def test_default_experiment_produces_summary_with_every_model(finished_workflow)
         "hierarchy/hier_proxy/lca_classwise_spearman",
     ):
         assert hier["metrics"][key] is not None, key
-    section = markdown.split("### Against the same loss without the regulariser")[1]
-    assert "| proxy_anchor_hier (standard) | proxy_anchor | 1 |" in section
+    comparisons = (results / "comparisons.md").read_text()
+    section = comparisons.split("## Proxy Anchor + HIER vs Proxy Anchor")[1].split("\n## ")[0]
+    assert "| shapes | proxy_anchor_hier (standard) | proxy_anchor (standard) |" in section
     # checkpoints are removed once a run is complete
     assert not list(results.rglob("checkpoint"))
 
@@ -148,6 +156,66 @@ def test_trained_models_beat_random_weights(finished_workflow):
     assert markdown.count("| yes |") == len(trained)
 
 
+def test_every_applicable_figure_is_a_real_image(finished_workflow):
+    results = finished_workflow / "results/default"
+    plan = figure_plan(yaml.safe_load((results / "params.yaml").read_text()))
+    # the default grid has one embedding dimension: R@1 against dimension does not apply
+    assert {figure.kind for figure in plan} == set(KINDS) - {"recall_vs_dimension"}
+    for figure in plan:
+        with Image.open(results / f"{figure.stem}.png") as image:
+            assert image.width >= 300 and image.height >= 200, figure.stem
+            grey = np.asarray(image.convert("L"), dtype=np.float64)
+        assert grey.std() > 10.0, f"{figure.stem} is nearly blank"
+        assert (results / f"{figure.stem}.pdf").read_bytes().startswith(b"%PDF"), figure.stem
+
+
+def test_report_gathers_tables_figures_and_params(finished_workflow):
+    results = finished_workflow / "results/default"
+    result = snakemake(finished_workflow, "--report", "results/default/report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(results / "report.zip") as archive:
+        names = archive.namelist()
+        index = archive.read(next(n for n in names if n.endswith("report.html"))).decode()
+    plan = figure_plan(yaml.safe_load((results / "params.yaml").read_text()))
+    expected = Counter(f"{Path(figure.stem).name}.png" for figure in plan)
+    expected.update(["params.yaml", "summary.md", "comparisons.md", "retrieval_table.md"])
+    # the report stores each file as report/data/raw/<hash>/<file name>
+    assert Counter(Path(name).name for name in names if "/data/raw/" in name) == expected
+    # captions and categories travel with the files
+    assert "Learned trees" in index and "UPGMA" in index
+
+
+def test_figures_are_logged_to_the_runs_mlflow_entries(finished_workflow):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{finished_workflow / 'mlflow/mlflow.db'}")
+    (experiment,) = client.search_experiments(filter_string="name = 'default'")
+    runs = {
+        run.info.run_name: run.info.run_id
+        for run in client.search_runs([experiment.experiment_id], max_results=1000)
+    }
+    per_run = client.list_artifacts(
+        runs["shapes/proxy_anchor_hier-standard-s1/evaluate"], "figures"
+    )
+    assert {Path(a.path).name for a in per_run} >= {
+        "embedding_map.png",
+        "embedding_map.pdf",
+        "boundary_proxies.png",
+        "tree_comparison.png",
+    }
+    parents = [
+        run
+        for run in client.search_runs([experiment.experiment_id])
+        if "mlflow.parentRunId" not in run.data.tags
+    ]
+    shared = {
+        Path(a.path).name
+        for run in parents
+        for a in client.list_artifacts(run.info.run_id, "figures/shapes")
+    }
+    assert {"affinity.png", "hs_curves.png"} <= shared
+
+
 def test_second_run_does_nothing(finished_workflow):
     before = _outputs(finished_workflow)
     result = snakemake(finished_workflow)
@@ -156,17 +224,25 @@ def test_second_run_does_nothing(finished_workflow):
     assert _outputs(finished_workflow) == before
 
 
-def test_deleting_one_metrics_file_reruns_only_that_evaluation(finished_workflow):
-    target = finished_workflow / "results/default/shapes/normface-standard-s1/metrics.json"
+TABLES = ("summary", "comparisons", "retrieval_table")
+
+
+def test_deleting_one_metrics_file_reruns_that_evaluation_and_what_reads_it(finished_workflow):
+    results = finished_workflow / "results/default"
+    target = results / "shapes/normface-standard-s1/metrics.json"
     content = target.read_text()
+    figures = {p: p.read_bytes() for p in (results / "figures").rglob("*.*")}
     target.unlink()
     before = _outputs(finished_workflow)
     result = snakemake(finished_workflow)
     assert result.returncode == 0, result.stderr[-3000:]
     after = _outputs(finished_workflow)
-    changed = sorted(p.name for p in after if before.get(p) != after[p])
-    assert changed == ["metrics.json", "summary.csv", "summary.md", "summary.parquet"]
+    changed = {p for p in after if before.get(p) != after[p]}
+    tables = {results / f"{name}.{ext}" for name in TABLES for ext in ("csv", "md", "parquet")}
+    assert changed == {target, *tables, *figures}
     assert target.read_text() == content  # evaluation is a pure function of its inputs
+    # and drawing too: every figure redrawn from the same results has the same bytes
+    assert all(path.read_bytes() == data for path, data in figures.items())
 
 
 def test_dvc_second_repro_is_a_no_op_and_lists_the_metrics(finished_workflow):
@@ -207,7 +283,7 @@ def test_dvc_reruns_only_what_a_changed_param_touches(finished_workflow):
     after = _outputs(finished_workflow)
     results = finished_workflow / "results/default"
     changed = [p.relative_to(results) for p, mtime in after.items() if before.get(p) != mtime]
-    runs = {p.parts[1] for p in changed if len(p.parts) > 2}
+    runs = {p.parts[1] for p in changed if len(p.parts) > 2 and p.parts[0] != "figures"}
     assert runs == {"corr-mds-s1"}, sorted(map(str, changed))
 
 

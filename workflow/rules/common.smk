@@ -1,4 +1,5 @@
 # Helpers shared by the rules: the run grid and each run's resolved config.
+from hierpipe.plots.plan import FORMATS, figure_plan
 from hierpipe.config import (
     RUN_ID_PATTERN,
     check_params,
@@ -17,6 +18,7 @@ LOGS = f"logs/{config['experiment']}"
 BENCHMARKS = f"logs/benchmarks/{config['experiment']}"
 GRID = grid(config)
 RUNS = {run_id(*run[1:]): run[1:] for run in GRID}
+FIGURES = figure_plan(config)
 
 
 wildcard_constraints:
@@ -60,4 +62,31 @@ def predefined_option(wildcards):
 
 
 def all_metrics():
-    return [f"{RESULTS}/{dataset}/{run_id(*run)}/metrics.json" for dataset, *run in GRID]
+    return run_files("metrics.json")
+
+
+def run_files(name):
+    """One output file (`name`) of every run."""
+    return [f"{RESULTS}/{dataset}/{run_id(*run)}/{name}" for dataset, *run in GRID]
+
+
+def figure_files(group):
+    """The PNG (a report item, with its kind's caption) and PDF of each figure of `group`."""
+    files = []
+    for figure in FIGURES:
+        if figure.group != group:
+            continue
+        labels = {"dataset": figure.dataset, "figure": figure.kind, "model": figure.label}
+        caption = f"../report/{figure.kind}.rst"
+        stem = f"{RESULTS}/{figure.stem}"
+        subcategory = figure.dataset if figure.model is None else figure.label
+        png = report(
+            f"{stem}.png",
+            caption=caption,
+            category=figure.category,
+            subcategory=subcategory,
+            labels=labels,
+        )
+        files.append(png)
+        files.append(f"{stem}.pdf")
+    return files

@@ -1,13 +1,44 @@
-# Aggregation across runs and seeds.
+# Tables and figures of the experiment; `snakemake --report results/<experiment>/report.zip`
+# gathers them with their captions (workflow/report/*.rst) and the resolved params.
+from hierpipe.plots.plan import GROUPS
+
+
+rule experiment_params:
+    output:
+        report(f"{RESULTS}/params.yaml", caption="../report/params.rst", category="Params"),
+    params:
+        config=config,
+    log:
+        f"{LOGS}/params.log",
+    benchmark:
+        f"{BENCHMARKS}/params.tsv"
+    run:
+        from hierpipe.config import write_resolved_params
+
+        write_resolved_params(params.config, output[0])
+        Path(log[0]).write_text(f"params of {config['experiment']} -> {output[0]}\n")
 
 
 rule aggregate:
     input:
-        all_metrics(),
+        metrics=all_metrics(),
+        params=f"{RESULTS}/params.yaml",
     output:
         parquet=f"{RESULTS}/summary.parquet",
         csv=f"{RESULTS}/summary.csv",
-        markdown=report(f"{RESULTS}/summary.md", category="Summary"),
+        markdown=report(
+            f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Tables"
+        ),
+        comparisons=report(
+            f"{RESULTS}/comparisons.md", caption="../report/comparisons.rst", category="Tables"
+        ),
+        comparisons_table=multiext(f"{RESULTS}/comparisons", ".parquet", ".csv"),
+        retrieval=report(
+            f"{RESULTS}/retrieval_table.md",
+            caption="../report/retrieval_table.rst",
+            category="Tables",
+        ),
+        retrieval_table=multiext(f"{RESULTS}/retrieval_table", ".parquet", ".csv"),
         # outside results/<experiment>: DVC tracks that folder, and outputs must not nest
         headline=f"metrics/{config['experiment']}.json",
     log:
@@ -15,5 +46,32 @@ rule aggregate:
     benchmark:
         f"{BENCHMARKS}/aggregate.tsv"
     shell:
-        "hierpipe aggregate {input} --out-dir {RESULTS} --headline-out {output.headline}"
-        " > {log} 2>&1"
+        "hierpipe aggregate {input.metrics} --params {input.params} --out-dir {RESULTS}"
+        " --headline-out {output.headline} > {log} 2>&1"
+
+
+for group in GROUPS:
+
+    rule:
+        name:
+            f"figures_{group}"
+        input:
+            params=f"{RESULTS}/params.yaml",
+            summary=f"{RESULTS}/summary.parquet",
+            metrics=all_metrics(),
+            configs=run_files("config.yaml"),
+            embeddings=run_files("embeddings.parquet"),
+            representatives=run_files("representatives.parquet"),
+            training_logs=run_files("train_log.parquet"),
+        output:
+            figure_files(group),
+        params:
+            group=group,
+        log:
+            f"{LOGS}/figures/{group}.log",
+        benchmark:
+            f"{BENCHMARKS}/figures/{group}.tsv"
+        threads: 1
+        shell:
+            "hierpipe figures --params {input.params} --results-dir {RESULTS}"
+            " --group {params.group} > {log} 2>&1"
