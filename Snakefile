@@ -48,5 +48,7 @@ rule all:
     input:
         all_metrics(),
         f"{RESULTS}/summary.md",
+        # DVC deletes its metrics file before rerunning a stage; listing it gets it rewritten
+        f"metrics/{config['experiment']}.json",
         [f"{RESULTS}/{figure.stem}.{extension}" for figure in FIGURES for extension in FORMATS],
     default_target: True

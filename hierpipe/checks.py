@@ -39,20 +39,27 @@ def check_number(
     return float(value)
 
 
+def check_finite_array(name: str, shape: str, value: object) -> np.ndarray:
+    """`value` as a float64 array of finite numbers; `shape` (e.g. "(C, C)") is what messages
+    say was expected. Callers check the shape itself."""
+    try:
+        x = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise HierpipeError(
+            f"{name}: expected a numeric {shape} array, got {type(value).__name__}"
+        ) from error
+    if not np.isfinite(x).all():
+        raise HierpipeError(f"{name}: expected finite values, found NaN or Inf")
+    return x
+
+
 def check_points(name: str, shape: str, points: object) -> np.ndarray:
     """`points` as a float64 array; raise unless it is a non-empty, finite 2-D array (the
     `shape` a message shows, e.g. "(N, D)")."""
-    try:
-        x = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise HierpipeError(
-            f"{name}: expected a numeric {shape} array, got {type(points).__name__}"
-        ) from error
+    x = check_finite_array(name, shape, points)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise HierpipeError(
             f"{name}: expected a 2-D {shape} array with at least one row and column, "
             f"got shape {x.shape}"
         )
-    if not np.isfinite(x).all():
-        raise HierpipeError(f"{name}: expected finite values, found NaN or Inf")
     return x

@@ -294,7 +294,7 @@ def test_affinity_matrices_wrap_beyond_four_panels(tmp_path):
     [
         (np.zeros((C, C - 1)), rf"panel 1 'bad': expected a \({C}, {C}\) matrix"),
         (np.full((C, C), np.nan), r"panel 1 'bad': expected finite values"),
-        ("distances", r"panel 1 'bad': expected a numeric \(C, C\) matrix, got str"),
+        ("distances", r"panel 1 'bad': expected a numeric \(C, C\) array, got str"),
     ],
 )
 def test_affinity_matrices_name_the_bad_panel(matrix, message):

@@ -18,6 +18,7 @@ from scipy.cluster.hierarchy import linkage
 from scipy.integrate import trapezoid
 from scipy.spatial.distance import squareform
 
+from hierpipe.checks import check_finite_array
 from hierpipe.errors import HierpipeError
 from hierpipe.metrics._validate import (
     check_count,
@@ -34,18 +35,11 @@ _SYMMETRY_RTOL = 1e-9
 
 
 def _square(name: str, matrix: object, min_classes: int) -> np.ndarray:
-    try:
-        m = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise HierpipeError(
-            f"{name}: expected a numeric (C, C) matrix, got {type(matrix).__name__}"
-        ) from error
+    m = check_finite_array(name, "(C, C)", matrix)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < min_classes:
         raise HierpipeError(
             f"{name}: expected a square (C, C) matrix with C >= {min_classes}, got {m.shape}"
         )
-    if not np.isfinite(m).all():
-        raise HierpipeError(f"{name}: expected finite values, found NaN or Inf")
     return m
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from hierpipe.checks import check_finite_array
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
 from hierpipe.io import atomic_path
@@ -97,18 +98,11 @@ def add_group_legend(figure: Figure, tree: ClassTree) -> None:
 
 def class_matrix(name: str, matrix: object, tree: ClassTree) -> np.ndarray:
     """``matrix`` as a finite float64 (C, C) array over the tree's class ids; ``name`` in errors."""
-    try:
-        m = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise HierpipeError(
-            f"{name}: expected a numeric (C, C) matrix, got {type(matrix).__name__}"
-        ) from error
+    m = check_finite_array(name, "(C, C)", matrix)
     c = tree.num_classes
     if m.shape != (c, c):
         raise HierpipeError(
             f"{name}: expected a ({c}, {c}) matrix, one row and column per class of the tree, "
             f"got shape {m.shape}"
         )
-    if not np.isfinite(m).all():
-        raise HierpipeError(f"{name}: expected finite values, found NaN or Inf")
     return m
