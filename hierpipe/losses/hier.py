@@ -207,13 +207,22 @@ class HIERLoss(nn.Module):
         if len(triplets) == 0:
             # A zero that stays attached to the graph, so backward() still works (H8).
             return dist[:0].sum(), 0.0
-        # Rows of i, j, k (3, T, M). Only the Gumbel-softmax passes gradient through them; the
-        # distances to the chosen LCAs are read from `dist` itself (cheaper backward).
-        members = (dist if stochastic else dist.detach())[triplets.T]
-        max_ij = torch.maximum(members[0], members[1])
-        to_pair, pair_idx = self._distance_to_lca(dist, triplets, members, max_ij, stochastic)
+        # Rows of i, j, k (T, M) each, without gradient: gradient reaches `dist` through the
+        # maxima (`_RoutedMax`, only when stochastic: the Gumbel-softmax) and through the
+        # distances to the chosen LCAs, read from `dist` itself.
+        members = [dist.detach()[index] for index in triplets.T]
+        pair_max = torch.maximum(members[0], members[1])
+        # the row each maximum came from: ties go to the earlier member, whose row then takes
+        # the whole gradient (torch.maximum would split it; the sum over rows is the same)
+        pair_rows = torch.where(members[1] > members[0], triplets[:, 1:2], triplets[:, 0:1])
+        triple_max = torch.maximum(pair_max, members[2])
+        triple_rows = torch.where(members[2] > pair_max, triplets[:, 2:3], pair_rows)
+        if stochastic:
+            pair_max = _RoutedMax.apply(dist, pair_max, pair_rows)
+            triple_max = _RoutedMax.apply(dist, triple_max, triple_rows)
+        to_pair, pair_idx = self._distance_to_lca(dist, triplets, members, pair_max, stochastic)
         to_triple, triple_idx = self._distance_to_lca(
-            dist, triplets, members, torch.maximum(max_ij, members[2]), stochastic
+            dist, triplets, members, triple_max, stochastic
         )
         hinges = (
             F.relu(to_pair[0] - to_triple[0] + self.margin)
@@ -226,22 +235,27 @@ class HIERLoss(nn.Module):
         return (hinges * distinct).mean(), masked
 
     def _distance_to_lca(
-        self, dist: Tensor, triplets: Tensor, members: Tensor, max_dist: Tensor, stochastic: bool
+        self,
+        dist: Tensor,
+        triplets: Tensor,
+        members: list[Tensor],
+        max_dist: Tensor,
+        stochastic: bool,
     ) -> tuple[Tensor, Tensor]:
         """Distances (3, T) of the members to each triplet's LCA, and the LCA indices (T,).
 
         The LCA is argmin over proxies of `max_dist` (T, M), or when `stochastic` a hard
         Gumbel-softmax sample (hier.md 6.5). The public code's straight-through
-        `sum_p d[p] (hard - soft.detach() + soft)[p]` is written as the chosen distance plus
-        `sum_p d[p].detach() (soft - soft.detach())[p]`: the same value and gradients (d gets
-        gradient only at the chosen proxy, the soft assignment gets d), in fewer passes.
+        `sum_p d[p] (hard - soft.detach() + soft)[p]` is the chosen distance plus a term
+        whose value is 0 and whose gradient gives d to the soft assignment and nothing to d
+        (`_StraightThrough`): the same value and gradients, in fewer passes.
         """
         soft = self._gumbel_softmax(max_dist) if stochastic else None
         idx = max_dist.argmin(dim=1) if soft is None else soft.argmax(dim=1)
         chosen = dist[triplets.T, idx]
         if soft is None:
             return chosen, idx
-        return chosen + (members.detach() * (soft - soft.detach())).sum(dim=2), idx
+        return chosen + _StraightThrough.apply(soft, *members), idx
 
     def _gumbel_softmax(self, max_dist: Tensor) -> Tensor:
         """softmax(-max_dist / tau + Gumbel noise) per row; its argmax samples
@@ -251,8 +265,9 @@ class HIERLoss(nn.Module):
             max_dist.shape, dtype=max_dist.dtype, device=device, generator=self.generator
         )
         # -log(-log U) is Gumbel(0, 1); U = 0 gives -inf noise, a proxy that is never chosen.
-        gumbel = -torch.log(-torch.log(uniform)).to(max_dist.device)
-        return torch.softmax(max_dist * (-1 / self.tau) + gumbel, dim=1)
+        # In place: these (T, M) passes are a good part of HIER's time.
+        gumbel = uniform.log_().neg_().log_().neg_().to(max_dist.device)
+        return torch.softmax(gumbel.add_(max_dist, alpha=-1 / self.tau), dim=1)
 
     def extra_repr(self) -> str:
         return (
@@ -262,3 +277,43 @@ class HIERLoss(nn.Module):
             f"triplets_per_anchor={self.triplets_per_anchor}, "
             f"same_label_bonus={self.same_label_bonus}, stochastic={self.stochastic}"
         )
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Zero (3, T) whose gradient gives the soft assignment (T, M) the member distances:
+    d/d soft[t, p] of `sum_m g[m, t] * zero[m, t]` is `sum_m g[m, t] * d_m[t, p]`.
+
+    The autograd form `(d.detach() * (soft - soft.detach())).sum(dim=2)` materialises three
+    (T, M) products in forward and again in backward; this reads each member once.
+    """
+
+    @staticmethod
+    def forward(ctx, soft: Tensor, *members: Tensor) -> Tensor:
+        ctx.save_for_backward(*members)
+        return soft.new_zeros((len(members), soft.shape[0]))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        members = ctx.saved_tensors
+        grad_soft = members[0] * grad[0, :, None]
+        for row, member in enumerate(members[1:], start=1):
+            grad_soft.addcmul_(member, grad[row, :, None])
+        return (grad_soft, *(None for _ in members))
+
+
+class _RoutedMax(torch.autograd.Function):
+    """Maxima (T, M) over member rows of `dist` (N, M), already computed, with the gradient
+    routed to the row each came from (`rows`, (T, M)): one scatter-add into `dist` instead
+    of torch.maximum's masked gradients and an index-put per member."""
+
+    @staticmethod
+    def forward(ctx, dist: Tensor, maxima: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(rows)
+        ctx.shape = dist.shape
+        return maxima.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (rows,) = ctx.saved_tensors
+        grad_dist = grad.new_zeros(ctx.shape).scatter_add_(0, rows, grad)
+        return grad_dist, None, None
