@@ -61,6 +61,10 @@ class BackboneConfig:
 LR_GROUPS = ("backbone", "head", "proxies", "regularizer")
 
 
+# What a step with a non-finite loss or gradient does: stop the run, or skip the step.
+NONFINITE_POLICIES = ("stop", "skip")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
@@ -81,8 +85,14 @@ class TrainConfig:
     freeze_bn: bool = False
     grad_clamp: float | None = None
     samples_per_class: int | None = None
+    on_nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise HierpipeError(
+                f"train.on_nonfinite: expected one of {', '.join(NONFINITE_POLICIES)}, "
+                f"got {self.on_nonfinite!r}"
+            )
         unknown = sorted(set(self.lr_multipliers) - set(LR_GROUPS))
         if unknown:
             raise HierpipeError(

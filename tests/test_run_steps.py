@@ -402,3 +402,47 @@ def test_queries_retrieve_from_a_gallery_subset(exported, tmp_path):
             out / "representatives.parquet",
             tmp_path / "m2.json",
         )
+
+
+def _poison_regularizer_once(monkeypatch, call: int) -> None:
+    """The HIER term is NaN on its `call`-th evaluation (counting from 1), finite otherwise."""
+    from hierpipe.losses.hier import HIERLoss
+
+    real_forward = HIERLoss.forward
+    calls = []
+
+    def forward(self, embeddings, labels):
+        calls.append(1)
+        value = real_forward(self, embeddings, labels)
+        return value * math.nan if len(calls) == call else value
+
+    monkeypatch.setattr(HIERLoss, "forward", forward)
+
+
+def test_non_finite_loss_stops_naming_epoch_step_and_terms(
+    tiny_params, data_root, tmp_path, monkeypatch
+):
+    config = _config(tiny_params, data_root, model="pa_hier", epochs=2)
+    steps_per_epoch = len(pd.read_parquet(config.split_path).query("subset == 'train'")) // 8
+    _poison_regularizer_once(monkeypatch, call=steps_per_epoch + 2)  # epoch 2, step 2
+    with pytest.raises(
+        HierpipeError,
+        match=r"epoch 2, step 2: non-finite loss nan \(loss proxy_anchor; loss [0-9.]+, "
+        r"regularizer nan\); the last good checkpoint is kept",
+    ):
+        train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    assert not (tmp_path / "model.pt").exists()
+    kept = torch.load(tmp_path / "ckpt/last.pt", weights_only=True)
+    assert kept["state"]["epoch"] == 1  # the checkpoint of the last completed epoch
+
+
+def test_skip_policy_leaves_non_finite_steps_out_and_counts_them(
+    tiny_params, data_root, tmp_path, monkeypatch
+):
+    tiny_params["models"]["pa_hier"]["train"]["on_nonfinite"] = "skip"
+    config = _config(tiny_params, data_root, model="pa_hier", epochs=2)
+    _poison_regularizer_once(monkeypatch, call=1)
+    train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    log = pd.read_parquet(tmp_path / "log.parquet")
+    assert log["skipped_steps"].tolist() == [1.0, 0.0]
+    assert np.isfinite(log["train_loss"]).all()

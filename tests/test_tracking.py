@@ -249,3 +249,28 @@ def test_snakemake_hooks_create_and_end_the_parent_run(tmp_path, tiny_params):
     experiment = client.get_experiment_by_name("tiny")
     (parent,) = client.search_runs([experiment.experiment_id])
     assert parent.info.status == "FINISHED"
+
+
+def test_a_run_stopped_by_a_non_finite_loss_is_failed_in_mlflow(
+    tiny_params,
+    data_root,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    from test_run_steps import _poison_regularizer_once
+
+    parent_id = tracking.start_workflow_run(tmp_path, "tiny")
+    config = _config(tiny_params, data_root, model="pa_hier", epochs=2)
+    _poison_regularizer_once(monkeypatch, call=1)
+    out = tmp_path / "run"
+    with pytest.raises(HierpipeError, match="epoch 1, step 1: non-finite loss"):
+        train_run(config, out / "model.pt", out / "train_log.parquet", out / "checkpoint")
+    tracking.end_workflow_run("FAILED")
+    client = MlflowClient(os.environ[tracking.URI_ENV])
+    (train,) = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}'",
+    )
+    assert train.info.run_name == f"shapes/{config.run_id}/train"
+    assert train.info.status == "FAILED"
+    assert client.get_run(parent_id).info.status == "FAILED"

@@ -254,7 +254,8 @@ def _batches(config: RunConfig, data: TrainingData, epoch: int, pin_memory: bool
 def _train_epoch(
     config, data, net, objective, optimizer, options, accelerator: Accelerator, epoch: int
 ) -> dict[str, float]:
-    """One epoch; returns the means of the logged training values."""
+    """One epoch; returns the means of the logged training values (and, when non-finite
+    steps are skipped, how many were)."""
     net.train()
     objective.train()
     if config.train.freeze_bn:
@@ -266,6 +267,7 @@ def _train_epoch(
     count = 0
     scaler = accelerator.scaler
     batches = _batches(config, data, epoch, accelerator.pin_memory)
+    skipped = 0
     for step, (images, labels, _) in enumerate(batches):
         images, labels = accelerator.images(images), labels.to(accelerator.device)
         with accelerator.autocast():
@@ -273,18 +275,23 @@ def _train_epoch(
         # losses stay in float32 even under autocast
         value = objective(embeddings.float(), labels)
         where = f"{config.run_id}: epoch {epoch + 1}, step {step + 1}"
-        if not torch.isfinite(value):
-            raise HierpipeError(
-                f"{where}: non-finite loss {value.item()} (loss {config.loss}); the last good "
-                "checkpoint is kept"
-            )
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(value).backward()
-        scaler.unscale_(optimizer)
-        if not scaler.is_enabled():
-            # float16's scaler skips steps whose gradients overflowed; elsewhere a
-            # non-finite gradient is an error
-            _check_gradients(optimizer, where)
+        problem = None if torch.isfinite(value) else _nonfinite_loss(config, objective, value)
+        if problem is None:
+            scaler.scale(value).backward()
+            scaler.unscale_(optimizer)
+            # float16's scaler skips steps whose gradients overflowed by itself
+            problem = None if scaler.is_enabled() else _nonfinite_gradient(optimizer)
+        if problem is not None:
+            if config.train.on_nonfinite == "stop":
+                raise HierpipeError(
+                    f"{where}: {problem}; the last good checkpoint is kept (set "
+                    "train.on_nonfinite: skip to skip such steps)"
+                )
+            log.warning("%s: %s; step skipped", where, problem)
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            continue
         if config.train.grad_clamp is not None:
             for group in optimizer.param_groups:
                 for p in group["params"]:
@@ -298,7 +305,15 @@ def _train_epoch(
         for key, item in values.items():
             sums[key] = sums.get(key, 0.0) + item * len(labels)
         count += len(labels)
-    return {key: total / count for key, total in sums.items()}
+    if count == 0:
+        raise HierpipeError(
+            f"{config.run_id}: epoch {epoch + 1}: every step was skipped (non-finite loss or "
+            "gradients)"
+        )
+    means = {key: total / count for key, total in sums.items()}
+    if config.train.on_nonfinite == "skip":
+        means["skipped_steps"] = float(skipped)
+    return means
 
 
 def _regularizer_values(objective: Objective) -> dict[str, float]:
@@ -310,20 +325,26 @@ def _regularizer_values(objective: Objective) -> dict[str, float]:
     return {**values, **{f"regularizer_{key}": float(v) for key, v in stats.items()}}
 
 
-def _check_gradients(optimizer: torch.optim.Optimizer, where: str) -> None:
-    """A finite loss can still have non-finite gradients; they must never reach the step."""
+def _nonfinite_loss(config: RunConfig, objective: Objective, value: torch.Tensor) -> str:
+    """What was not finite, naming the loss and, for a regularised objective, its terms."""
+    terms = ", ".join(f"{term} {v:g}" for term, v in objective.last_terms.items())
+    return f"non-finite loss {value.item()} (loss {config.loss}{'; ' + terms if terms else ''})"
+
+
+def _nonfinite_gradient(optimizer: torch.optim.Optimizer) -> str | None:
+    """A finite loss can still have non-finite gradients; name the first such parameter."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
     grads = [g for g in grads if g is not None]
     if not grads or torch.isfinite(get_total_norm(grads)):
-        return
+        return None
     for group in optimizer.param_groups:
         for index, p in enumerate(group["params"]):
             if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise HierpipeError(
-                    f"{where}: non-finite gradient in parameter group {group['name']!r} "
-                    f"(parameter {index}, shape {tuple(p.shape)}); the last good checkpoint "
-                    "is kept"
+                return (
+                    f"non-finite gradient in parameter group {group['name']!r} "
+                    f"(parameter {index}, shape {tuple(p.shape)})"
                 )
+    return None
 
 
 @torch.no_grad()
