@@ -7,12 +7,19 @@ geoopt 0.5's ``PoincareBall(c)`` (it stores ``c`` as a positive magnitude and re
 ``k = -c``) and hyptorch's ``c``.
 """
 
-import geoopt
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from geoopt.manifolds.stereographic import math as stereographic
 from torch import nn
+
+# geoopt decorates its maps with torch.jit.script, which torch now deprecates with a
+# FutureWarning on import: noise on stderr of every `hierpipe` command, nothing to act on.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    import geoopt
+    from geoopt.manifolds.stereographic import math as stereographic
 
 from hierpipe.errors import HierpipeError
 

@@ -8,7 +8,8 @@ proxies from the root to the leaves, and a UMAP layout would discard it.
 
 from __future__ import annotations
 
-import geoopt
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from matplotlib.artist import Artist
@@ -25,6 +26,9 @@ from hierpipe.hierarchy import ClassTree
 from hierpipe.metrics._validate import check_count, class_labels
 from hierpipe.metrics.induced_tree import depths_from_origin, nearest_shallower
 from hierpipe.plots.canvas import group_legend_handles, new_figure, superclass_colours
+
+if TYPE_CHECKING:  # imported for real by hierpipe.geometry, with its warning silenced
+    import geoopt
 
 SPACES = ("euclidean", "sphere", "poincare")
 _UMAP_METRIC = {"euclidean": "euclidean", "sphere": "cosine"}
