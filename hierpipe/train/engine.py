@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.nn.utils import get_total_norm
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -333,9 +332,16 @@ def _nonfinite_loss(config: RunConfig, objective: Objective, value: torch.Tensor
 
 def _nonfinite_gradient(optimizer: torch.optim.Optimizer) -> str | None:
     """A finite loss can still have non-finite gradients; name the first such parameter."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-    grads = [g for g in grads if g is not None]
-    if not grads or torch.isfinite(get_total_norm(grads)):
+    # A sum is NaN or Inf when any element is, and one pass cheaper than a norm; a finite
+    # sum clears every gradient, a non-finite one (which overflow can also give) is resolved
+    # by the element-wise search below.
+    sums = [
+        p.grad.sum()
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if p.grad is not None
+    ]
+    if not sums or torch.isfinite(torch.stack(sums).sum()):
         return None
     for group in optimizer.param_groups:
         for index, p in enumerate(group["params"]):
