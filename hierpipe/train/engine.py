@@ -390,7 +390,12 @@ def _initial_state() -> dict:
 def _resume(path: Path, config: RunConfig, net, objective, optimizer, scaler, options) -> dict:
     if not path.exists():
         return _initial_state()
-    checkpoint = load_torch(path, "training checkpoint")
+    try:
+        checkpoint = load_torch(path, "training checkpoint")
+    except HierpipeError as error:
+        # writes are atomic, so only damage from outside gets here; nothing in it is usable
+        log.warning("%s; starting from scratch", error)
+        return _initial_state()
     if checkpoint.get("config") != config.to_dict():
         # the rule reran because its params changed: the old state belongs to another run
         log.warning("%s: checkpoint is from another config; starting from scratch", path)
