@@ -154,29 +154,31 @@ CHILD_JOB = textwrap.dedent(
 )
 
 
+JOBS = 16
+
+
 def test_concurrent_children_on_one_sqlite_store(tmp_path):
     parent_id = tracking.start_workflow_run(tmp_path, "concurrent")
-    started = time.perf_counter()
     jobs = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD_JOB, parent_id, f"job{index}"],
+            [sys.executable, "-c", CHILD_JOB, parent_id, f"job{index:02d}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for index in range(8)
+        for index in range(JOBS)
     ]
-    outputs = [job.communicate(timeout=120)[0] for job in jobs]
-    assert [job.returncode for job in jobs] == [0] * 8, "\n".join(outputs)
+    outputs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * JOBS, "\n".join(outputs)
     assert not any("database is locked" in output for output in outputs)
-    assert time.perf_counter() - started < 60
 
     client = MlflowClient(os.environ[tracking.URI_ENV])
     experiment = client.get_experiment_by_name("concurrent")
     runs = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
     )
-    assert sorted(run.info.run_name for run in runs) == [f"job{i}" for i in range(8)]
+    assert sorted(run.info.run_name for run in runs) == [f"job{i:02d}" for i in range(JOBS)]
+    counted = 0
     for run in runs:
         assert run.info.status == "FINISHED"
         for i in range(5):
@@ -184,7 +186,10 @@ def test_concurrent_children_on_one_sqlite_store(tmp_path):
             assert sorted((m.step, m.value) for m in history) == [
                 (step, step * 10 + i) for step in range(20)
             ]
+            counted += len(history)
+    assert counted == JOBS * 5 * 20
     assert client.search_runs(["0"]) == []  # nothing strayed into the Default experiment
+    print(f"{JOBS} concurrent jobs: all FINISHED, {counted} of {JOBS * 5 * 20} metric values")
 
 
 def _free_port() -> int:
