@@ -22,6 +22,7 @@ from hierpipe.geometry import to_poincare
 from hierpipe.losses import HIERLoss, ProxyAnchorLoss
 
 BATCH, IMAGES_PER_CLASS, DIM, PROXIES, CLASSES = 180, 2, 128, 512, 100
+TARGET_SECONDS = 0.43
 
 
 def _median_seconds(step: Callable[[], None], repeats: int, warmup: int) -> float:
@@ -74,6 +75,11 @@ def main() -> None:
         f"last HIER step: {stats['sample_triplets']} sample triplets "
         f"({stats['sample_masked']:.0%} masked), {stats['proxy_triplets']} proxy triplets "
         f"({stats['proxy_masked']:.0%} masked)"
+    )
+    # the public formulation's time is the figure on a 2-core CPU, not measured here
+    print(
+        f"within {TARGET_SECONDS} s (a tenth of the public formulation's ~4.3 s on 2 cores): "
+        f"{hier_s <= TARGET_SECONDS}"
     )
 
 
