@@ -1,7 +1,8 @@
 """The workflow under interruption: a training job SIGKILLed mid-run is retried by Snakemake
 (`--retries`) and resumes from its checkpoint; Snakemake itself SIGKILLed leaves no output
-that looks complete, and `--unlock` then `--rerun-incomplete` finishes the run. Either way the final model
-equals an uninterrupted workflow's, bit for bit (CPU). Each test prints what it survived."""
+that looks complete, and `--unlock` then `--rerun-incomplete` finishes the run. Either way
+the final model equals an uninterrupted workflow's, bit for bit (CPU). Each test prints what
+it survived."""
 
 import copy
 import os
