@@ -32,7 +32,7 @@ import pandas as pd
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
-from hierpipe.data.splits import split_first_classes
+from hierpipe.data.splits import official_and_metric_learning_splits
 from hierpipe.data.tables import (
     begin_dataset,
     write_classes,
@@ -134,15 +134,8 @@ class Cars196Builder(DatasetBuilder):
         good = check_images(out_dir, samples["path"].tolist(), options.on_bad_image)
         samples = samples.iloc[good].reset_index(drop=True)
         official = annotations["test"].iloc[good].map({0: "train", 1: "test"})
-        train_classes = len(class_names) // 2  # 98 of the 196
-        write_predefined_splits(
-            out_dir,
-            samples["sample_id"],
-            {
-                "official": official.tolist(),
-                "metric_learning": split_first_classes(samples["label"], train_classes),
-            },
-        )
+        splits = official_and_metric_learning_splits(official, samples["label"], len(class_names))
+        write_predefined_splits(out_dir, samples["sample_id"], splits)
         write_classes(out_dir, tree)
         write_samples(out_dir, samples)
 

@@ -23,7 +23,7 @@ from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.hierarchy_files import class_paths, parse_id_names, parse_indented_tree
 from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
-from hierpipe.data.splits import split_first_classes
+from hierpipe.data.splits import official_and_metric_learning_splits
 from hierpipe.data.tables import (
     begin_dataset,
     write_classes,
@@ -111,15 +111,8 @@ class CUB200Builder(DatasetBuilder):
         official = is_train.loc[kept, "is_train"].map({"1": "train", "0": "test"})
         if official.isna().any():
             raise HierpipeError(f"{root / 'train_test_split.txt'}: expected 0 or 1 per image")
-        train_classes = len(classes) // 2  # 100 of the 200
-        write_predefined_splits(
-            out_dir,
-            samples["sample_id"],
-            {
-                "official": official.tolist(),
-                "metric_learning": split_first_classes(samples["label"], train_classes),
-            },
-        )
+        splits = official_and_metric_learning_splits(official, samples["label"], len(classes))
+        write_predefined_splits(out_dir, samples["sample_id"], splits)
         write_classes(out_dir, tree)
         write_samples(out_dir, samples)
 

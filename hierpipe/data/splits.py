@@ -3,7 +3,7 @@ one the dataset defines itself (official train/test, predefined_splits.parquet).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +81,15 @@ def split_by_class(labels: np.ndarray, fractions: Mapping[str, float], seed: int
     return class_subsets[inverse].astype(str)
 
 
-def split_first_classes(labels: np.ndarray, train_classes: int) -> list[str]:
-    """The metric-learning protocol of CUB and Cars196: classes below `train_classes` train,
-    the rest are retrieved (test)."""
-    return ["train" if label < train_classes else "test" for label in _labels(labels)]
+def official_and_metric_learning_splits(
+    official: Sequence[str], labels: np.ndarray, num_classes: int
+) -> dict[str, list[str]]:
+    """The predefined splits of CUB and Cars196: their official train/test split, and the
+    metric-learning protocol, where the first half of the classes train and the rest are
+    retrieved (test)."""
+    train_classes = num_classes // 2
+    metric_learning = ["train" if label < train_classes else "test" for label in _labels(labels)]
+    return {"official": list(official), "metric_learning": metric_learning}
 
 
 SCHEMES = {"by_image": split_by_image, "by_class": split_by_class}
