@@ -38,7 +38,7 @@ class Figure:
     stem: str  # path below results/<experiment>/, without the .png/.pdf extension
     model: str | None = None
     option: str | None = None
-    runs: tuple[str, ...] = ()  # run ids it shows (first seed first)
+    runs: tuple[str, ...] = ()  # run ids it reads (first seed first); none: the summary
 
     @property
     def group(self) -> str:
@@ -63,15 +63,16 @@ def figure_plan(params: Mapping[str, Any]) -> list[Figure]:
         entries = {k: v for k, v in rows.items() if k[0] == dataset}
         if not entries:
             continue
-        every_run = tuple(run for runs in entries.values() for run in runs)
+        # the affinity panels show each row's first seed; the curves read the summary
+        first_seeds = tuple(runs[0] for runs in entries.values())
         figures += [
-            Figure("affinity", dataset, f"figures/{dataset}/affinity", runs=every_run),
-            Figure("hs_curves", dataset, f"figures/{dataset}/hs_curves", runs=every_run),
+            Figure("affinity", dataset, f"figures/{dataset}/affinity", runs=first_seeds),
+            Figure("hs_curves", dataset, f"figures/{dataset}/hs_curves"),
         ]
         dimensions = {resolve_run_config(params, *key, 0).backbone.embedding_dim for key in entries}
         if len(dimensions) > 1:
             stem = f"figures/{dataset}/recall_vs_dimension"
-            figures.append(Figure("recall_vs_dimension", dataset, stem, runs=every_run))
+            figures.append(Figure("recall_vs_dimension", dataset, stem))
         for (_, model, option), runs in entries.items():
             config = resolve_run_config(params, dataset, model, option, 0)
             kinds = ["embedding_map", "tree_comparison", "retrieval_examples"]

@@ -109,6 +109,7 @@ class Experiment:
         self.results = Path(results)
         self._runs: dict[tuple[str, str], Run] = {}
         self._datasets: dict[str, tuple[pd.DataFrame, ClassTree]] = {}
+        self._image_paths: dict[str, dict[int, Path]] = {}
 
     def run(self, dataset: str, run_id: str) -> Run:
         key = (dataset, run_id)
@@ -122,6 +123,17 @@ class Experiment:
         if root not in self._datasets:
             self._datasets[root] = read_dataset(root)
         return self._datasets[root]
+
+    def image_paths(self, run: Run) -> dict[int, Path]:
+        """Image file of each sample id of the run's dataset."""
+        root = run.config.data_dir
+        if root not in self._image_paths:
+            samples, _ = self.dataset(run)
+            self._image_paths[root] = {
+                int(i): Path(root) / p
+                for i, p in zip(samples["sample_id"], samples["path"], strict=True)
+            }
+        return self._image_paths[root]
 
     @cached_property
     def summary(self) -> pd.DataFrame:
@@ -204,7 +216,7 @@ def _tree_comparison(experiment: Experiment, figure: Figure) -> Any:
 
 def _retrieval_examples(experiment: Experiment, figure: Figure) -> Any:
     run = _first_run(experiment, figure)
-    samples, tree = experiment.dataset(run)
+    _, tree = experiment.dataset(run)
     evaluated = run.subset(run.config.evaluate.subset)
     embedding = run.embeddings.embedding[evaluated]
     labels = run.embeddings.label[evaluated]
@@ -217,7 +229,7 @@ def _retrieval_examples(experiment: Experiment, figure: Figure) -> Any:
         curvature=distance_curvature(run.config, distance),
         seed=run.config.seed,
     )
-    paths = _image_paths(run, samples)
+    paths = experiment.image_paths(run)
     rows = []
     for query, neighbours in examples:
         tiles = [Tile(paths[ids[query]], tree.classes[labels[query]])]
@@ -232,14 +244,14 @@ def _retrieval_examples(experiment: Experiment, figure: Figure) -> Any:
 
 def _boundary_proxies(experiment: Experiment, figure: Figure) -> Any:
     run = _first_run(experiment, figure)
-    samples, tree = experiment.dataset(run)
+    _, tree = experiment.dataset(run)
     train = run.subset("train")
     ids, labels = run.embeddings.sample_id[train], run.embeddings.label[train]
     _, proxies = run.vectors("hier_proxy")
     neighbours = boundary_proxy_neighbours(
         proxies, run.embeddings.embedding[train], run.config.head.curvature
     )
-    paths = _image_paths(run, samples)
+    paths = experiment.image_paths(run)
     rows = [
         (
             f"proxy {index}\n|p| = {norm:.2f} R",
@@ -249,11 +261,6 @@ def _boundary_proxies(experiment: Experiment, figure: Figure) -> Any:
     ]
     title = "hierarchical proxies nearest the boundary, each with its 4 nearest training images"
     return draw_image_grid(rows, title=_title(figure, title))
-
-
-def _image_paths(run: Run, samples: pd.DataFrame) -> dict[int, Path]:
-    root = Path(run.config.data_dir)
-    return {int(i): root / p for i, p in zip(samples["sample_id"], samples["path"], strict=True)}
 
 
 def _training_curves(experiment: Experiment, figure: Figure) -> Any:
@@ -266,7 +273,7 @@ def _training_curves(experiment: Experiment, figure: Figure) -> Any:
 
 def _affinity(experiment: Experiment, figure: Figure) -> Any:
     """Every model's matrix over the classes all of them represent."""
-    runs = [experiment.run(figure.dataset, run_id) for run_id in _first_seed_runs(figure)]
+    runs = [experiment.run(figure.dataset, run_id) for run_id in figure.runs]
     tree = experiment.dataset(runs[0])[1]
     matrices = {_row_label(run): run.class_distances() for run in runs}
     common = np.arange(tree.num_classes)
@@ -287,14 +294,6 @@ def _subtree(tree: ClassTree, class_ids: np.ndarray) -> ClassTree:
     if np.array_equal(class_ids, np.arange(tree.num_classes)):
         return tree
     return ClassTree.from_paths([tree.paths[i] for i in class_ids])
-
-
-def _first_seed_runs(figure: Figure) -> list[str]:
-    """One run per (model, option): the plan lists each row's runs first seed first."""
-    firsts: dict[str, str] = {}
-    for run_id in figure.runs:
-        firsts.setdefault(run_id.rsplit("-s", 1)[0], run_id)
-    return list(firsts.values())
 
 
 def _row_label(run: Run) -> str:
