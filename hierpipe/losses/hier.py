@@ -212,14 +212,16 @@ class HIERLoss(nn.Module):
         # distances to the chosen LCAs, read from `dist` itself.
         members = [dist.detach()[index] for index in triplets.T]
         pair_max = torch.maximum(members[0], members[1])
-        # the row each maximum came from: ties go to the earlier member, whose row then takes
-        # the whole gradient (torch.maximum would split it; the sum over rows is the same)
-        pair_rows = torch.where(members[1] > members[0], triplets[:, 1:2], triplets[:, 0:1])
         triple_max = torch.maximum(pair_max, members[2])
-        triple_rows = torch.where(members[2] > pair_max, triplets[:, 2:3], pair_rows)
         if stochastic:
-            pair_max = _RoutedMax.apply(dist, pair_max, pair_rows)
-            triple_max = _RoutedMax.apply(dist, triple_max, triple_rows)
+            # the row each maximum came from: ties go to the earlier member, whose row then
+            # takes the whole gradient (torch.maximum would split it; the sum is the same)
+            pair_rows = torch.where(members[1] > members[0], triplets[:, 1:2], triplets[:, :1])
+            triple_rows = torch.where(members[2] > pair_max, triplets[:, 2:3], pair_rows)
+            pair_max, triple_max = (
+                _RoutedMax.apply(dist, pair_max, pair_rows),
+                _RoutedMax.apply(dist, triple_max, triple_rows),
+            )
         to_pair, pair_idx = self._distance_to_lca(dist, triplets, members, pair_max, stochastic)
         to_triple, triple_idx = self._distance_to_lca(
             dist, triplets, members, triple_max, stochastic
