@@ -8,7 +8,11 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
+from http_server import serve_directory
 from PIL import Image
+
+from hierpipe.errors import HierpipeError
 
 
 def jpeg_bytes(seed: int) -> bytes:
@@ -37,3 +41,15 @@ def pin_files(monkeypatch, builder: ModuleType, mirror: Path, base_url: str) -> 
         for f in builder.FILES
     )
     monkeypatch.setattr(builder, "FILES", files)
+
+
+def assert_pinned_checksum_refused(
+    builder, out: Path, mirror: Path, archive: str, digest: str
+) -> None:
+    """Prepare from the fixture archive in `mirror` against the real pinned digest: the
+    error names the archive and the digest, and nothing is extracted or written."""
+    with serve_directory(mirror) as server, pytest.raises(HierpipeError) as error:
+        builder.prepare(out, builder.Options(), server.url)
+    message = str(error.value)
+    assert archive in message and digest in message
+    assert not (out / "raw").exists() and not (out / "samples.parquet").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dataset_fixtures import jpeg_bytes, pin_files
+from dataset_fixtures import assert_pinned_checksum_refused, jpeg_bytes, pin_files
 from http_server import serve_directory
 from scipy.io import loadmat, savemat
 
@@ -185,13 +185,14 @@ def test_same_source_gives_byte_identical_tables_and_any_source_the_same(tmp_pat
 
 def test_checksum_mismatch_extracts_nothing(tmp_path):
     mirror = _serve_files(tmp_path)
-    out = tmp_path / "cars196"
-    with serve_directory(mirror) as server, pytest.raises(HierpipeError) as error:
-        # the real pinned md5 against the fixture archive
-        cars196.Cars196Builder().prepare(out, cars196.Cars196Builder.Options(), server.url)
-    message = str(error.value)
-    assert "car_ims.tgz" in message and "d5c8f0aa497503f355e17dc7886c3f14" in message
-    assert not (out / "raw").exists() and not (out / "samples.parquet").exists()
+    # the real pinned md5 against the fixture archive
+    assert_pinned_checksum_refused(
+        cars196.Cars196Builder(),
+        tmp_path / "cars196",
+        mirror,
+        "car_ims.tgz",
+        "d5c8f0aa497503f355e17dc7886c3f14",
+    )
 
 
 def test_missing_and_corrupt_images_are_named(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dataset_fixtures import add_member, pin_files
+from dataset_fixtures import add_member, assert_pinned_checksum_refused, pin_files
 from http_server import serve_directory
 from PIL import Image
 
@@ -140,14 +140,14 @@ def test_rerun_rewrites_the_images(tmp_path, monkeypatch):
 
 def test_checksum_mismatch_extracts_nothing(tmp_path):
     _serve_files(tmp_path)
-    out = tmp_path / "cifar100"
-    builder = cifar100.CIFAR100Builder()
-    with serve_directory(tmp_path / "mirror") as server, pytest.raises(HierpipeError) as error:
-        # the real pinned md5 against the fixture archive
-        builder.prepare(out, builder.Options(), server.url)
-    message = str(error.value)
-    assert "cifar-100-python.tar.gz" in message and "eb9058c3a382ffc7106e4002c42a8d85" in message
-    assert not (out / "raw").exists() and not (out / "samples.parquet").exists()
+    # the real pinned md5 against the fixture archive
+    assert_pinned_checksum_refused(
+        cifar100.CIFAR100Builder(),
+        tmp_path / "cifar100",
+        tmp_path / "mirror",
+        "cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+    )
 
 
 def test_hierarchy_not_matching_the_classes_is_refused(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dataset_fixtures import add_member, jpeg_bytes, pin_files
+from dataset_fixtures import add_member, assert_pinned_checksum_refused, jpeg_bytes, pin_files
 from http_server import serve_directory
 
 from hierpipe.cli import main
@@ -148,13 +148,14 @@ def test_mirror_and_extracted_directory_sources(tmp_path, monkeypatch):
 
 def test_checksum_mismatch_extracts_nothing(tmp_path):
     mirror, _ = _serve_files(tmp_path)
-    out = tmp_path / "cub200"
-    with serve_directory(mirror) as server, pytest.raises(HierpipeError) as error:
-        # the real pinned md5 against the fixture archive
-        cub200.CUB200Builder().prepare(out, cub200.CUB200Builder.Options(), server.url)
-    message = str(error.value)
-    assert "CUB_200_2011.tgz" in message and "97eceeb196236b17998738112f37df78" in message
-    assert not (out / "raw").exists() and not (out / "samples.parquet").exists()
+    # the real pinned md5 against the fixture archive
+    assert_pinned_checksum_refused(
+        cub200.CUB200Builder(),
+        tmp_path / "cub200",
+        mirror,
+        "CUB_200_2011.tgz",
+        "97eceeb196236b17998738112f37df78",
+    )
 
 
 def test_missing_and_corrupt_images_are_named(tmp_path, monkeypatch):

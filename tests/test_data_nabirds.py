@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dataset_fixtures import jpeg_bytes, pin_files
+from dataset_fixtures import assert_pinned_checksum_refused, jpeg_bytes, pin_files
 from http_server import serve_directory
 
 from hierpipe.cli import main
@@ -144,13 +144,14 @@ def test_same_archive_gives_byte_identical_tables(tmp_path, monkeypatch):
 
 def test_checksum_mismatch_extracts_nothing(tmp_path):
     mirror = _serve_files(tmp_path, _members()[0])
-    out = tmp_path / "nabirds"
-    with serve_directory(mirror) as server, pytest.raises(HierpipeError) as error:
-        # the real pinned md5 against the fixture archive
-        nabirds.NABirdsBuilder().prepare(out, nabirds.NABirdsBuilder.Options(), server.url)
-    message = str(error.value)
-    assert "nabirds.tar.gz" in message and "df21a9e4db349a14e2b08adfd45873bd" in message
-    assert not (out / "raw").exists() and not (out / "samples.parquet").exists()
+    # the real pinned md5 against the fixture archive
+    assert_pinned_checksum_refused(
+        nabirds.NABirdsBuilder(),
+        tmp_path / "nabirds",
+        mirror,
+        "nabirds.tar.gz",
+        "df21a9e4db349a14e2b08adfd45873bd",
+    )
 
 
 def test_missing_image_is_named(tmp_path, monkeypatch):
