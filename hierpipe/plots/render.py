@@ -90,6 +90,7 @@ class Run:
             rows = rows.sort_values("class_id")
         return rows["class_id"].to_numpy(), np.stack(rows["vector"].to_numpy()).astype(np.float64)
 
+    @cached_property
     def class_distances(self) -> tuple[np.ndarray, np.ndarray]:
         """(class ids, their distance matrix): the class representatives as evaluation
         measured them (proxies cover only the training classes of a class-disjoint split)."""
@@ -206,7 +207,7 @@ def _tree_comparison(experiment: Experiment, figure: Figure) -> Any:
         "elementwise rho": run.metrics.get(f"{prefix}/elementwise_spearman"),
     }
     scores = ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in values.items())
-    class_ids, distances = run.class_distances()
+    class_ids, distances = run.class_distances
     return draw_tree_comparison(
         distances,
         _subtree(tree, class_ids),
@@ -275,7 +276,7 @@ def _affinity(experiment: Experiment, figure: Figure) -> Any:
     """Every model's matrix over the classes all of them represent."""
     runs = [experiment.run(figure.dataset, run_id) for run_id in figure.runs]
     tree = experiment.dataset(runs[0])[1]
-    matrices = {_row_label(run): run.class_distances() for run in runs}
+    matrices = {_row_label(run): run.class_distances for run in runs}
     common = np.arange(tree.num_classes)
     for class_ids, _ in matrices.values():
         common = np.intersect1d(common, class_ids)
