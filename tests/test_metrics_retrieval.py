@@ -119,7 +119,7 @@ def _brute_force_recall(query, query_labels, reference, reference_labels, ks, sa
     return {f"recall@{k}": same[scored, :k].any(axis=1).mean() for k in ks}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 12, size=300)
@@ -262,7 +262,7 @@ def _brute_force_metrics(dist, query_labels, reference_labels, ks, same_source):
     return {name: float(np.mean(v)) for name, v in values.items()}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ball_data(data) -> tuple[np.ndarray, np.ndarray, float]:
     x, labels = data
     c = 0.5
@@ -324,3 +324,62 @@ def test_poincare_bad_input(kwargs, match):
         retrieval_metrics(**args)
     with pytest.raises(HierpipeError, match=match):
         nearest_neighbours(**({"query": args["query"], "k": 1} | kwargs))
+
+
+@pytest.fixture(scope="module")
+def sweep_case(ball_data) -> tuple[np.ndarray, np.ndarray, float, dict[str, np.ndarray]]:
+    """160 ball points and their distance matrices, float64 brute force."""
+    x, labels, c = ball_data
+    x, labels = x[:160], labels[:160]
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    dist = {
+        "poincare": np.array([[_poincare_loop(a, b, c) for b in x] for a in x]),
+        "cosine": 1.0 - unit @ unit.T,
+        "euclidean": np.linalg.norm(x[:, None] - x[None], axis=-1),
+    }
+    return x, labels, c, dist
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "poincare"])
+@pytest.mark.parametrize("chunk_size", [7, 63, 64, 65, 130])
+def test_block_sweep_matches_brute_force_at_any_block_size(sweep_case, distance, chunk_size):
+    # block edges below, at and past the 64-reference tiles, on both sides of the diagonal
+    x, labels, c, dist = sweep_case
+    space = {"distance": distance, "curvature": c if distance == "poincare" else None}
+    ks = (1, 3, 50, 159)
+    got = retrieval_metrics(x, labels, ks=ks, chunk_size=chunk_size, dtype=torch.float64, **space)
+    expected = _brute_force_metrics(dist[distance], labels, labels, ks, True)
+    assert got == pytest.approx(expected, abs=1e-12)
+    got = retrieval_metrics(
+        x[:70], labels[:70], x[70:], labels[70:], ks=ks, chunk_size=chunk_size, **space
+    )
+    expected = _brute_force_metrics(dist[distance][:70, 70:], labels[:70], labels[70:], ks, False)
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("relevant_nearer", [True, False])
+def test_poincare_retrieval_decides_float32_ties_in_float64(relevant_nearer):
+    # The references lie 1e-12 apart in norm near the boundary: one float32 key, so the
+    # float32 search alone would rank the relevant one first either way (ties go to it).
+    c = 0.1
+    direction = np.array([[0.6, 0.8]])
+    radius = (1 - 1e-3) / math.sqrt(c)
+    near, far = direction * radius * (1 - 1e-12), direction * radius
+    relevant, irrelevant = (near, far) if relevant_nearer else (far, near)
+    got = retrieval_metrics(
+        np.zeros((1, 2)),
+        np.array([A]),
+        np.concatenate([irrelevant, relevant]),
+        np.array([B, A]),
+        ks=(1,),
+        distance="poincare",
+        curvature=c,
+    )
+    assert got["precision@1"] == float(relevant_nearer)
+    assert got["map@r"] == (1.0 if relevant_nearer else 0.0)
+
+
+def test_a_reference_as_close_as_a_relevant_one_ranks_after_it():
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    got = retrieval_metrics(x[:1], np.array([A]), x[1:], np.array([B, A, B]), ks=(1,))
+    assert got == {"recall@1": 1.0, "precision@1": 1.0, "r_precision": 1.0, "map@r": 1.0}

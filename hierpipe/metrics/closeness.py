@@ -1,0 +1,110 @@
+"""Closeness keys for ranking references: larger is nearer, one matrix product per block.
+
+Retrieval only needs each query's order of references, so any key that is strictly
+decreasing in the distance will do. The keys below are symmetric in the pair, so one block
+product serves both a block of queries and, transposed, the block of references it met:
+
+- ``cosine``, ``squared_chord``, ``chord``: the cosine of the pair;
+- ``euclidean``: ``-||x - y||^2``;
+- ``poincare``: ``-||x - y||^2 / ((1 - c||x||^2)(1 - c||y||^2))``, the argument of the
+  Poincaré distance's ``asinh`` squared (``geometry.poincare_cdist``).
+
+Blocks are computed in float32 through the Gram form ``||x||^2 + ||y||^2 - 2<x, y>``, which
+loses digits on near pairs; ``exact`` recomputes chosen pairs in the requested precision
+from coordinate differences, and ``block_margins`` bound the float32 error so that only
+pairs within the bound of a decision need that recomputation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# pairs per exact recomputation, to bound its (pairs x D) memory
+_EXACT_CHUNK = 16384
+
+
+class Closeness:
+    """Closeness keys between the rows of ``query`` and of ``reference`` (both (N, D), in the
+    exact ``dtype``; ``reference`` may be ``query`` itself)."""
+
+    def __init__(
+        self,
+        query: torch.Tensor,
+        reference: torch.Tensor,
+        distance: str,
+        curvature: float | None,
+    ) -> None:
+        self.dtype = query.dtype
+        self.search_dtype = torch.float32 if query.dtype == torch.float64 else query.dtype
+        self.on_sphere = distance in ("cosine", "squared_chord", "chord")
+        if self.on_sphere:
+            query, reference = F.normalize(query, dim=1), F.normalize(reference, dim=1)
+        self.query, self.reference = query, reference
+        self.query_norms, self.reference_norms = query.norm(dim=1), reference.norm(dim=1)
+        # 1 / (1 - c||x||^2), from a float64 sum: near the boundary it cancels most digits
+        if distance == "poincare":
+            self.query_scale = 1 / (1 - curvature * query.double().pow(2).sum(1)).to(self.dtype)
+            self.reference_scale = 1 / (1 - curvature * reference.double().pow(2).sum(1)).to(
+                self.dtype
+            )
+        else:
+            self.query_scale = self.reference_scale = None
+        # Rounding error of a float32 key: the dot product of D terms and the conversion cost
+        # about (D + 2) units of rounding times |x||y|; the Gram form and the scales add a few
+        # more, all below 4 (D + 8) u (|x| + |y|)^2 s_x s_y. Zero when blocks are exact.
+        unit = torch.finfo(self.search_dtype).eps / 2
+        exact_blocks = self.search_dtype == self.dtype
+        self._error_unit = 0.0 if exact_blocks else 4 * (query.shape[1] + 8) * unit
+        self._query_fast = query.to(self.search_dtype)
+        self._reference_fast = reference.to(self.search_dtype)
+
+    def block(self, rows: slice, columns: slice) -> torch.Tensor:
+        """Keys (rows x columns) in the search precision (float32 for float64 input)."""
+        x, y = self._query_fast[rows], self._reference_fast[columns]
+        products = x @ y.T
+        if self.on_sphere:
+            return products
+        x2 = self.query_norms[rows].to(self.search_dtype).square()
+        y2 = self.reference_norms[columns].to(self.search_dtype).square()
+        keys = products.mul_(2).sub_(x2[:, None]).sub_(y2[None, :])
+        if self.query_scale is not None:
+            keys.mul_(self.query_scale[rows].to(self.search_dtype)[:, None])
+            keys.mul_(self.reference_scale[columns].to(self.search_dtype)[None, :])
+        return keys
+
+    def block_margins(self, rows: slice, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds on the error of ``block(rows, columns)``: one per row (over the block's
+        columns) and one per column (over its rows), in the search precision."""
+        x_norm, y_norm = self.query_norms[rows], self.reference_norms[columns]
+        x_scale, y_scale = self._scales(rows, columns)
+        row_margin = (x_norm + y_norm.max()).square() * x_scale * y_scale.max()
+        column_margin = (y_norm + x_norm.max()).square() * y_scale * x_scale.max()
+        return (
+            (self._error_unit * row_margin).to(self.search_dtype),
+            (self._error_unit * column_margin).to(self.search_dtype),
+        )
+
+    def exact(self, query_index: torch.Tensor, reference_index: torch.Tensor) -> torch.Tensor:
+        """Keys of the pairs (query_index[t], reference_index[t]) in the exact precision."""
+        keys = []
+        for start in range(0, len(query_index), _EXACT_CHUNK):
+            qi = query_index[start : start + _EXACT_CHUNK]
+            ri = reference_index[start : start + _EXACT_CHUNK]
+            x, y = self.query[qi], self.reference[ri]
+            if self.on_sphere:
+                keys.append((x * y).sum(1))
+                continue
+            key = (x - y).square_().sum(1).neg_()
+            if self.query_scale is not None:
+                key *= self.query_scale[qi] * self.reference_scale[ri]
+            keys.append(key)
+        if not keys:
+            return self.query.new_empty(0)
+        return torch.cat(keys)
+
+    def _scales(self, rows: slice, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.query_scale is None:
+            one = self.query.new_ones(1)
+            return one, one
+        return self.query_scale[rows], self.reference_scale[columns]
