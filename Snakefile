@@ -1,6 +1,8 @@
 # hierpipe: download/split -> train every model/option/seed -> export embeddings ->
 # evaluate -> tables and figures. Params: params/default.yaml, or --configfile params/<other>.yaml.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from hierpipe.config import validate_params
 
 min_version("9.0")
 
@@ -12,7 +14,12 @@ if not workflow.config_settings.configfiles:
     configfile: "params/default.yaml"
 
 
-validate(config, "workflow/schemas/params.schema.yaml")
+# hierpipe's validator: Snakemake's prints the whole sub-schema; this names the key in one line
+validate_params(
+    config,
+    f"{workflow.basedir}/workflow/schemas/params.schema.yaml",
+    ", ".join(map(str, workflow.config_settings.configfiles)) or "params/default.yaml",
+)
 
 
 # MLflow (hierpipe.tracking): the store, the experiment and one parent run are created here,

@@ -15,7 +15,7 @@ import torch
 
 from hierpipe.config import RunConfig
 from hierpipe.errors import HierpipeError
-from hierpipe.io import atomic_path
+from hierpipe.io import atomic_path, torch_load_problem
 from hierpipe.losses import Objective, build_loss, build_regularizer
 from hierpipe.models import EmbeddingNet
 
@@ -36,7 +36,8 @@ def load_torch(path: str | Path, what: str) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise HierpipeError(
-            f"{path}: cannot read {what} ({type(error).__name__}: {error})"
+            f"{path}: cannot read {what} ({torch_load_problem(error)}); expected a {what} "
+            "written by hierpipe"
         ) from error
     if not isinstance(data, dict):
         raise HierpipeError(f"{path}: expected a {what} dictionary, got {type(data).__name__}")
@@ -123,7 +124,15 @@ def _load_state(module: torch.nn.Module, state: dict, path: str | Path, what: st
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        first_line = str(error).splitlines()[0]
         raise HierpipeError(
-            f"{path}: {what} state does not match the configured model ({first_line})"
+            f"{path}: {what} state does not match the configured model "
+            f"({state_dict_problem(error)})"
         ) from error
+
+
+def state_dict_problem(error: BaseException) -> str:
+    """load_state_dict's error on one line: its headline and the first mismatch it lists,
+    which names the tensor and both shapes."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    return " ".join(lines[:2]) + more

@@ -8,6 +8,7 @@ that determines its outputs, written next to them as config.yaml.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -425,10 +426,60 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise HierpipeError(f"{path}: not valid YAML ({error})") from error
+        raise HierpipeError(
+            f"{path}: not valid YAML ({_yaml_problem(error)}); expected {what} as plain YAML"
+        ) from error
     if not isinstance(data, dict):
         raise HierpipeError(f"{path}: expected a mapping of {what}")
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's reason on one line; its own message spans lines to draw the offending text."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    where = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+    context = getattr(error, "context", None)
+    return f"{context + ': ' if context else ''}{problem}{where}"
+
+
+def validate_params(
+    params: dict[str, Any], schema: str | Path, source: str = "params"
+) -> dict[str, Any]:
+    """Check `params` against the JSON schema file `schema` and fill in its defaults, in place,
+    as Snakemake's `validate` does; returns `params`.
+
+    A violation is one HierpipeError line naming the key's path and what the schema expects
+    (Snakemake's own message prints the whole sub-schema over dozens of lines).
+    """
+    import jsonschema
+    from jsonschema import Draft202012Validator, validators
+
+    definition = read_yaml_mapping(schema, "a JSON schema")
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, subschema):
+        if validator.is_type(instance, "object"):
+            for name, spec in properties.items():
+                if "default" in spec:
+                    # a copy: a shared default dict edited for one entry would change all
+                    instance.setdefault(name, copy.deepcopy(spec["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    validator = validators.extend(Draft202012Validator, {"properties": properties_with_defaults})
+    error = jsonschema.exceptions.best_match(validator(definition).iter_errors(params))
+    if error is None:
+        return params
+    where = ".".join(str(part) for part in error.absolute_path) or "top level"
+    problem = " ".join(error.message.split())
+    known = error.schema.get("properties") if isinstance(error.schema, dict) else None
+    if error.validator == "additionalProperties" and isinstance(known, dict):
+        unknown = sorted(set(error.instance) - set(known))
+        if unknown:
+            problem = f"unknown key(s) {unknown}; expected {sorted(known)}"
+    raise HierpipeError(f"{source}: {where}: {problem}")
 
 
 def write_resolved_params(params: Mapping[str, Any], path: str | Path) -> None:

@@ -7,6 +7,7 @@ that a rerun or a downstream rule would take for a finished one.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,5 +86,25 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, source: str) -> np.ndar
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         first = int(bad.argmax())
-        raise HierpipeError(f"{source}: {int(bad.sum())} row(s) with NaN/Inf (first: row {first})")
+        raise HierpipeError(
+            f"{source}: {int(bad.sum())} row(s) with NaN/Inf (first: row {first}); "
+            "expected finite vectors"
+        )
     return vectors
+
+
+def torch_load_problem(error: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, on one line.
+
+    torch's message spans lines and advises retrying with weights_only=False, which would run
+    whatever code the file holds; only its reason is kept.
+    """
+    text = str(error)
+    refused = re.search(r"GLOBAL (\S+)", text)
+    if refused:
+        return (
+            f"it holds the Python object {refused.group(1)}, where only tensors and plain "
+            "containers are allowed"
+        )
+    reason = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation")[0]
+    return f"{type(error).__name__}: {' '.join(reason.split())}"

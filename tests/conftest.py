@@ -90,12 +90,10 @@ def tiny_params() -> dict:
 
 
 def validated(params: dict) -> dict:
-    """Params as Snakemake sees them: validated against the schema, defaults filled in."""
-    from snakemake.utils import validate
+    """Params as the workflow sees them: validated against the schema, defaults filled in."""
+    from hierpipe.config import validate_params
 
-    params = copy.deepcopy(params)
-    validate(params, str(REPO / "workflow/schemas/params.schema.yaml"))
-    return params
+    return validate_params(copy.deepcopy(params), REPO / "workflow/schemas/params.schema.yaml")
 
 
 def write_yaml(data: dict, path: Path) -> Path:

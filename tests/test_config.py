@@ -148,10 +148,8 @@ def test_inconsistent_models_are_refused_before_any_job(tiny_params, edit, messa
 
 
 def test_curvature_of_the_head_must_be_positive(tiny_params):
-    from snakemake_interface_common.exceptions import WorkflowError
-
     _hier(tiny_params)["head"]["curvature"] = 0.0
-    with pytest.raises(WorkflowError, match="Error validating config"):
+    with pytest.raises(HierpipeError, match=r"params: models\.pa_hier\.head\.curvature: 0\.0 is"):
         validated(tiny_params)  # the schema refuses it
     # and so does check_params, for params that did not pass through the schema
     _hier(tiny_params)["head"]["curvature"] = 0.1

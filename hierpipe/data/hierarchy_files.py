@@ -44,7 +44,9 @@ def parse_indented_tree(text: str, source: str) -> dict[str, tuple[str, ...]]:
                 f"{where}: {name!r} is at depth {depth} below a node at depth {len(stack)}"
             )
         if name in paths:
-            raise HierpipeError(f"{where}: node {name!r} appears twice")
+            raise HierpipeError(
+                f"{where}: node {name!r} appears twice; expected each node once, under one parent"
+            )
         stack = [*stack[: depth - 1], name]
         paths[name] = tuple(stack)
     if not paths:

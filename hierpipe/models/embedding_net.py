@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from hierpipe.checks import check_int
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import ToPoincare
+from hierpipe.io import torch_load_problem
 
 ALLOW_DOWNLOAD_ENV = "HIERPIPE_ALLOW_DOWNLOAD"
 
@@ -59,7 +60,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, backbone_name: 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise HierpipeError(
-            f"cannot read backbone weights file {str(path)!r} ({type(err).__name__}: {err}); {hint}"
+            f"cannot read backbone weights file {str(path)!r} ({torch_load_problem(err)}); {hint}"
         ) from err
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise HierpipeError(

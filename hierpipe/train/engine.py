@@ -24,7 +24,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hierpipe.artifacts import build_network, load_torch, save_model, save_torch_atomic
+from hierpipe.artifacts import (
+    build_network,
+    load_torch,
+    save_model,
+    save_torch_atomic,
+    state_dict_problem,
+)
 from hierpipe.config import LR_GROUPS, RunConfig, TrainConfig
 from hierpipe.data import ImageTableDataset, read_dataset, read_split
 from hierpipe.data.samplers import ClassBalancedBatchSampler
@@ -409,7 +415,7 @@ def _resume(path: Path, config: RunConfig, net, objective, optimizer, scaler, op
             option.load_state_dict(option_state)
     except (RuntimeError, ValueError, KeyError) as error:
         raise HierpipeError(
-            f"{path}: checkpoint does not fit the configured model ({str(error).splitlines()[0]})"
+            f"{path}: checkpoint does not fit the configured model ({state_dict_problem(error)})"
         ) from error
     torch.set_rng_state(checkpoint["torch_rng"])
     log.info("%s: resuming after epoch %d", path, checkpoint["state"]["epoch"])
