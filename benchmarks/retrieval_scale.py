@@ -8,7 +8,10 @@ k = "max_bin_count" (P@1, R-Precision, MAP@R). Each side runs in its own process
 peak resident memory (which includes the embeddings) is its own. Targets (issue: hardening):
 the same values where both define a measure, hierpipe at least 2x faster, under 4 GB.
 Needs faiss-cpu and pytorch-metric-learning (`pip install faiss-cpu`; the latter is in the
-dev extra). Usage: python benchmarks/retrieval_scale.py [--items 60502] [--classes 11316]
+dev extra). The same embeddings, mapped into the Poincaré ball as HIER's head does (c = 0.1,
+clip_r = 2.3, tangent lengths spread over [1.5, 2.3]), are then ranked by exact Poincaré
+distance: float32 blocks, pairs within float32's error bound of a decision recomputed in
+float64. Usage: python benchmarks/retrieval_scale.py [--items 60502] [--classes 11316]
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import time
 import numpy as np
 import torch
 
+KS = (1, 10, 100, 1000)
+CURVATURE = 0.1
 SHARED = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 OURS = {
     "precision_at_1": "precision@1",
@@ -47,11 +52,18 @@ def _embeddings(items: int, classes: int, dim: int) -> tuple[np.ndarray, np.ndar
 def _worker(side: str, items: int, classes: int, dim: int, threads: int) -> None:
     torch.set_num_threads(threads)
     points, labels = _embeddings(items, classes, dim)
+    if side == "poincare":
+        from hierpipe.geometry import to_poincare
+
+        lengths = np.random.default_rng(1).uniform(1.5, 2.3, (items, 1)).astype(np.float32)
+        ball = to_poincare(torch.from_numpy(points * lengths), CURVATURE, clip_r=2.3)
+        points = ball.double().numpy()
     started = time.perf_counter()
-    if side == "hierpipe":
+    if side in ("hierpipe", "poincare"):
         from hierpipe.metrics import retrieval_metrics
 
-        values = retrieval_metrics(points, labels, ks=(1, 10, 100, 1000), distance="cosine")
+        space = {"distance": "poincare", "curvature": CURVATURE} if side == "poincare" else {}
+        values = retrieval_metrics(points, labels, ks=KS, **space)
     else:
         import faiss
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -93,13 +105,14 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=11316)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--worker", choices=["hierpipe", "pml"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["hierpipe", "pml", "poincare"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker, args.items, args.classes, args.dim, args.threads)
         return
     pml = _measure("pml", args)
     ours = _measure("hierpipe", args)
+    hyperbolic = _measure("poincare", args)
     print(
         f"machine: {os.cpu_count()} cores, {args.threads} threads, Python "
         f"{sys.version.split()[0]}; {args.items} x {args.dim} embeddings, "
@@ -114,11 +127,22 @@ def main() -> None:
         f"{'hierpipe retrieval_metrics, k=1000':<44}{ours['seconds']:>9.1f}"
         f"{ours['peak_gb']:>9.2f}{pml['seconds'] / ours['seconds']:>10.2f}"
     )
+    print(
+        f"{'hierpipe, Poincare (float64 decisions)':<44}{hyperbolic['seconds']:>9.1f}"
+        f"{hyperbolic['peak_gb']:>9.2f}{pml['seconds'] / hyperbolic['seconds']:>10.2f}"
+    )
     for name in SHARED:
         theirs, mine = pml["values"][name], ours["values"][OURS[name]]
         print(f"{name:<32} PML {theirs:.6f}  hierpipe {mine:.6f}  |diff| {abs(theirs - mine):.1e}")
-    for k in (1, 10, 100, 1000):
-        print(f"recall@{k:<25} hierpipe {ours['values'][f'recall@{k}']:.6f}")
+    for k in KS:
+        print(
+            f"recall@{k:<25} hierpipe {ours['values'][f'recall@{k}']:.6f}  "
+            f"Poincare {hyperbolic['values'][f'recall@{k}']:.6f}"
+        )
+    print(
+        "Poincare: "
+        + ", ".join(f"{name} {hyperbolic['values'][OURS[name]]:.6f}" for name in SHARED)
+    )
     print(
         f"at least 2x faster: {pml['seconds'] >= 2 * ours['seconds']}; "
         f"under 4 GB: {ours['peak_gb'] < 4.0}"
