@@ -24,7 +24,7 @@ BENCHMARKS = (
     "pipeline_walltime",
 )
 # lines that state whether a target was met
-VERDICTS = ("within", "at least", "faster", "under 4 GB")
+VERDICTS = ("within", "at least", "faster", "under 4 GB", "same")
 
 
 def main() -> None:
