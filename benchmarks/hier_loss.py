@@ -88,19 +88,14 @@ def _median_seconds(step: Callable[[], None], repeats: int, warmup: int) -> floa
     return statistics.median(_seconds(step) for _ in range(repeats))
 
 
-def _lcas(dist: Tensor, triplets: Tensor) -> tuple[Tensor, Tensor]:
-    """Each triplet's pair and triple scores (T, M) per candidate LCA: the largest distance."""
-    rows = [dist[triplets[:, column]] for column in range(3)]
-    pair = torch.maximum(rows[0], rows[1])
-    return pair, torch.maximum(pair, rows[2])
-
-
 def _lca_differences(public_dist: Tensor, closed_dist: Tensor, triplets: Tensor) -> list[int]:
     """How many argmin LCAs (pair and triple together) the two distance matrices choose
     differently, and how many of those are exact ties of hierpipe's own scores."""
     differ = tied = 0
     for public_scores, scores in zip(
-        _lcas(public_dist, triplets), _lcas(closed_dist, triplets), strict=True
+        public.lca_scores(public_dist, triplets)[1:],
+        public.lca_scores(closed_dist, triplets)[1:],
+        strict=True,
     ):
         public_lca, lca = public_scores.argmin(dim=1), scores.argmin(dim=1)
         changed = public_lca != lca

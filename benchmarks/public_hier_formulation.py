@@ -86,6 +86,14 @@ def mine(distances: Tensor, labels: Tensor, topk: int, per_anchor: int) -> tuple
     )
 
 
+def lca_scores(distances: Tensor, triplets: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+    """The members' rows of `distances` (three (T, M)) and each triplet's pair and triple
+    scores per candidate LCA: the largest distance to the pair, and to all three (6.5)."""
+    rows = [distances[triplets[:, column]] for column in range(3)]
+    pair_max = torch.maximum(rows[0], rows[1])
+    return rows, pair_max, torch.maximum(pair_max, rows[2])
+
+
 def triplet_part(
     distances: Tensor, triplets: Tensor, margin: float, tau: float, stochastic: bool
 ) -> Tensor:
@@ -95,9 +103,7 @@ def triplet_part(
     Gumbel-softmax sample over -max distance / tau, or with `stochastic=False` the one-hot
     argmin; each member's distance to an LCA is sum_p D[x, p] h[p].
     """
-    rows = [distances[triplets[:, column]] for column in range(3)]
-    pair_max = torch.maximum(rows[0], rows[1])
-    triple_max = torch.maximum(pair_max, rows[2])
+    rows, pair_max, triple_max = lca_scores(distances, triplets)
     assignments = []
     for max_distance in (pair_max, triple_max):
         if stochastic:

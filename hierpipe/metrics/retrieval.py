@@ -182,8 +182,7 @@ def retrieval_metrics(
 
     available = len(ref) - int(self_reference)
     sweep = _CloserCounts(closeness, relevant, min(max(ks), available))
-    blocks = range(0, len(q), chunk_size)
-    for row_start in blocks:
+    for row_start in range(0, len(q), chunk_size):
         rows = slice(row_start, row_start + chunk_size)
         for column_start in range(row_start if self_reference else 0, len(ref), chunk_size):
             columns = slice(column_start, column_start + chunk_size)
@@ -197,19 +196,15 @@ def retrieval_metrics(
             sweep.add(keys, row_start, column_start, row_margin)
             if self_reference and column_start != row_start:
                 sweep.add(keys, column_start, row_start, column_margin, True)
-    return _measures(sweep.closer, relevant.counts[scored], ks, scored, names)
+    return _measures(sweep.closer[scored], relevant.counts[scored], ks, names)
 
 
 def _measures(
-    closer: torch.Tensor,
-    r_counts: torch.Tensor,
-    ks: tuple[int, ...],
-    scored: torch.Tensor,
-    names: list[str],
+    closer: torch.Tensor, r_counts: torch.Tensor, ks: tuple[int, ...], names: list[str]
 ) -> dict[str, float]:
-    """Averages over the scored queries, from the number of irrelevant references closer
-    than each relevant one (``closer``, (N, max R), relevant ones in order)."""
-    closer = closer[scored].double()
+    """Averages over queries, from the number of irrelevant references closer than each
+    relevant one (``closer``, (N, max R), relevant ones in order) and their number R."""
+    closer = closer.double()
     r = r_counts.double()
     position = torch.arange(1, closer.shape[1] + 1, device=closer.device, dtype=torch.float64)
     rank = position + closer
@@ -265,9 +260,7 @@ class _RelevantKeys:
         starts = torch.searchsorted(ref_labels, q_labels)
         run = torch.searchsorted(ref_labels, q_labels, right=True) - starts
         query_index = torch.repeat_interleave(torch.arange(len(q_labels), device=device), run)
-        run_offsets = torch.cumsum(run, 0) - run
-        offsets = torch.arange(len(query_index), device=device) - run_offsets[query_index]
-        ref_index = starts[query_index] + offsets
+        ref_index = starts[query_index] + _position_in_run(run, query_index)
         if self_reference:
             keep = ref_index != query_index
             query_index, ref_index = query_index[keep], ref_index[keep]
@@ -277,14 +270,18 @@ class _RelevantKeys:
         padded = torch.full(
             (len(q_labels), width), float("-inf"), dtype=closeness.dtype, device=device
         )
-        slot = (
-            torch.arange(len(query_index), device=device)
-            - (torch.cumsum(run, 0) - run)[query_index]
-        )
+        slot = _position_in_run(run, query_index)
         padded[query_index, slot] = closeness.exact(query_index, ref_index)
         keys = padded.sort(dim=1, descending=True).values
         empty = torch.arange(width, device=device)[None, :] >= run[:, None]
         self.keys = keys.masked_fill_(empty, float("inf"))
+
+
+def _position_in_run(run: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Position of each entry within its owner's run, for entries laid out run after run
+    (``owner``: the run each entry belongs to, ``run``: the runs' lengths)."""
+    run_starts = torch.cumsum(run, 0) - run
+    return torch.arange(len(owner), device=owner.device) - run_starts[owner]
 
 
 class _CloserCounts:
