@@ -1,8 +1,19 @@
 # hierpipe: download/split -> train every model/option/seed -> export embeddings ->
 # evaluate -> tables and figures. Params: params/default.yaml, or --configfile params/<other>.yaml.
+#
+# Parsing needs Snakemake and nothing else: the code imported here (hierpipe.config, .catalog,
+# .questions, .tracking, .plots.plan) imports no torch, timm, MLflow or UMAP, and Snakemake
+# puts this directory on sys.path. With --use-singularity every rule runs hierpipe in the
+# image of params' `container`; without it, on this machine (then hierpipe must be installed).
+import shlex
+from pathlib import Path
+
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version
 
 from hierpipe.config import validate_params
+from hierpipe.errors import HierpipeError
+from hierpipe.tracking import WorkflowImage, end_workflow_run, start_workflow_run
 
 min_version("9.0")
 
@@ -22,24 +33,40 @@ validate_params(
 )
 
 
-# MLflow (hierpipe.tracking): the store, the experiment and one parent run are created here,
-# once, before any job; jobs find them through the environment and log child runs.
-onstart:
-    from hierpipe.tracking import start_workflow_run
+def workflow_image():
+    """The image jobs run in under --use-singularity (None without it); a local image file
+    that does not exist fails here, naming the command that builds it."""
+    if DeploymentMethod.APPTAINER not in workflow.deployment_settings.deployment_method:
+        return None
+    image = config["container"]
+    if "://" not in image and not Path(image).is_file():
+        raise HierpipeError(
+            f"container {image}: no such image file; build it with `apptainer build {image} "
+            "docker/hierpipe.def` (or see docker/README.md), or set params' container"
+        )
+    return WorkflowImage(image, tuple(shlex.split(workflow.deployment_settings.apptainer_args)))
 
-    start_workflow_run(workflow.basedir, config["experiment"], dry_run=workflow.dryrun)
+
+IMAGE = workflow_image()
+
+
+# Every rule runs in this image under --use-singularity (all of them call hierpipe).
+container: config["container"]
+
+
+# MLflow (hierpipe.tracking): the store, the experiment and one parent run are created here,
+# once, before any job (in the image when jobs run in it); jobs find them through the
+# environment and log child runs.
+onstart:
+    start_workflow_run(workflow.basedir, config["experiment"], dry_run=workflow.dryrun, image=IMAGE)
 
 
 onsuccess:
-    from hierpipe.tracking import end_workflow_run
-
-    end_workflow_run("FINISHED")
+    end_workflow_run("FINISHED", image=IMAGE)
 
 
 onerror:
-    from hierpipe.tracking import end_workflow_run
-
-    end_workflow_run("FAILED")
+    end_workflow_run("FAILED", image=IMAGE)
 
 
 include: "workflow/rules/common.smk"

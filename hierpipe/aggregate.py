@@ -10,9 +10,10 @@ from typing import Any
 
 import pandas as pd
 
+from hierpipe.atomic import write_text_atomic
 from hierpipe.errors import HierpipeError
 from hierpipe.evaluate import read_metrics
-from hierpipe.io import write_parquet_atomic, write_text_atomic
+from hierpipe.io import write_parquet_atomic
 from hierpipe.measures import direction
 from hierpipe.statistics import mean_confidence_interval
 
@@ -187,12 +188,8 @@ def aggregate(
     questions of `params`) and the Table-1-style retrieval table, each as Parquet/CSV and
     Markdown; summary.md last (it marks the step done). With `headline`, a JSON file of the
     headline means (DVC's metrics file)."""
-    from hierpipe.comparisons import (
-        compare,
-        comparisons_markdown,
-        questions_from_params,
-        statistics_settings,
-    )
+    from hierpipe.comparisons import compare, comparisons_markdown
+    from hierpipe.questions import questions_from_params, statistics_settings
     from hierpipe.retrieval_table import retrieval_markdown, retrieval_table
 
     params = params or {}

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
+from hierpipe.atomic import atomic_path
 from hierpipe.config import RunConfig
 from hierpipe.errors import HierpipeError
-from hierpipe.io import atomic_path, torch_load_problem
+from hierpipe.io import torch_load_problem
 from hierpipe.losses import Objective, build_loss, build_regularizer
 from hierpipe.models import EmbeddingNet
 

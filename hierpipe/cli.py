@@ -7,11 +7,10 @@ Bad input ends with one line, `hierpipe <verb>: error: <what and where>`, and ex
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
-
-import torch
 
 from hierpipe.errors import HierpipeError
 
@@ -21,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
     if getattr(args, "threads", None):
+        import torch  # only the verbs that compute take --threads
+
         torch.set_num_threads(args.threads)
     try:
         args.handler(args)
@@ -43,6 +44,31 @@ def _data_split(args: argparse.Namespace) -> None:
         k: float(v) for k, v in _key_values(args.fractions.split(","), "--fractions").items()
     }
     make_split(args.root, args.name, args.scheme, fractions, args.seed, args.predefined)
+
+
+def _config_run(args: argparse.Namespace) -> None:
+    from hierpipe.config import RunConfig, write_run_config
+
+    config = RunConfig.from_dict(_json_mapping(args.json, "--json"), source="--json")
+    write_run_config(config, args.out)
+
+
+def _config_experiment(args: argparse.Namespace) -> None:
+    from hierpipe.config import write_resolved_params
+
+    write_resolved_params(_json_mapping(args.json, "--json"), args.out)
+
+
+def _tracking_start(args: argparse.Namespace) -> None:
+    from hierpipe.tracking import start_workflow_run
+
+    print(start_workflow_run(args.root, args.experiment) or "")
+
+
+def _tracking_end(args: argparse.Namespace) -> None:
+    from hierpipe.tracking import end_workflow_run
+
+    end_workflow_run(args.status)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -103,6 +129,16 @@ def _ui(args: argparse.Namespace) -> None:
         raise HierpipeError(f"mlflow ui exited with status {status}")
 
 
+def _json_mapping(text: str, flag: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise HierpipeError(f"{flag}: not valid JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise HierpipeError(f"{flag}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     values = {}
     for item in items or []:
@@ -145,6 +181,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     split.add_argument("--seed", type=int, required=True)
     split.set_defaults(handler=_data_split, verb="data split")
+
+    config = verbs.add_parser("config", help="write resolved settings (the workflow's first jobs)")
+    config_verbs = config.add_subparsers(dest="config_verb", required=True, metavar="ACTION")
+    config_run = config_verbs.add_parser(
+        "run", help="write one run's resolved settings (config.yaml)"
+    )
+    config_run.add_argument("--json", required=True, help="the run's settings as JSON")
+    config_run.add_argument("--out", required=True, help="config.yaml to write")
+    config_run.set_defaults(handler=_config_run, verb="config run")
+    config_experiment = config_verbs.add_parser(
+        "experiment", help="write the params as run, with every run's resolved settings"
+    )
+    config_experiment.add_argument("--json", required=True, help="the validated params as JSON")
+    config_experiment.add_argument("--out", required=True, help="params.yaml to write")
+    config_experiment.set_defaults(handler=_config_experiment, verb="config experiment")
+
+    tracking = verbs.add_parser("tracking", help="the MLflow run of a workflow invocation")
+    tracking_verbs = tracking.add_subparsers(dest="tracking_verb", required=True, metavar="ACTION")
+    tracking_start = tracking_verbs.add_parser(
+        "start", help="create store, experiment and parent run; print the run id"
+    )
+    tracking_start.add_argument("--experiment", required=True)
+    tracking_start.add_argument("--root", required=True, help="the workflow directory")
+    tracking_start.set_defaults(handler=_tracking_start, verb="tracking start")
+    tracking_end = tracking_verbs.add_parser(
+        "end", help="end the parent run named by $HIERPIPE_MLFLOW_PARENT_RUN_ID"
+    )
+    tracking_end.add_argument("--status", required=True, choices=("FINISHED", "FAILED"))
+    tracking_end.set_defaults(handler=_tracking_end, verb="tracking end")
 
     train = verbs.add_parser("train", help="train one run (resumes from its checkpoint)")
     train.add_argument("--config", required=True, help="the run's config.yaml")

@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
+from hierpipe import catalog
+from hierpipe.atomic import write_text_atomic
 from hierpipe.errors import HierpipeError
-from hierpipe.io import write_text_atomic
+from hierpipe.questions import questions_from_params, statistics_settings
 
 RUN_ID_PATTERN = r"[a-z0-9_]+-[a-z0-9_]+-s[0-9]+"
 # The option set every params file has: training without any option.
@@ -106,7 +108,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The embedding space (hierpipe.models.HEADS); curvature and clip_r apply to poincare."""
+    """The embedding space (hierpipe.catalog.HEADS); curvature and clip_r apply to poincare."""
 
     space: str = "sphere"
     curvature: float = 0.1
@@ -115,7 +117,7 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class RegularizerConfig:
-    """A term added to the loss with weight `weight` (hierpipe.losses.REGULARIZERS)."""
+    """A term added to the loss with weight `weight` (hierpipe.catalog.REGULARIZERS)."""
 
     name: str
     weight: float = 0.5
@@ -203,14 +205,15 @@ def option_set(params: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]
 
 
 def check_params(params: Mapping[str, Any]) -> None:
-    """Check what the JSON schema cannot: names must exist in hierpipe's registries, and
-    each model's loss, head, regulariser and training settings must work together."""
-    import timm
+    """Check what the JSON schema cannot: names must exist in hierpipe's catalog, and each
+    model's loss, head, regulariser, training options and settings must work together.
 
-    from hierpipe.data import get_dataset
-
+    Needs no torch (hierpipe.catalog declares what the checks use): Snakemake runs it while
+    parsing the workflow. What only the classes can check (hyperparameter values, the timm
+    backbone name) `hierpipe config run` checks in each run's first job.
+    """
     for dataset in params["datasets"]:
-        get_dataset(dataset)
+        catalog.lookup(catalog.DATASETS, dataset, "dataset")
     runs = grid(params)
     for entry in params["runs"]:
         unknown = sorted(set(entry.get("datasets") or []) - set(params["datasets"]))
@@ -236,8 +239,6 @@ def check_params(params: Mapping[str, Any]) -> None:
             _check_model(params, dataset, model)
         except HierpipeError as error:
             raise HierpipeError(f"params: models.{model} on {dataset}: {error}") from error
-    from hierpipe.train.options import check_option_set
-
     for _, model, option, _ in runs:
         training_options = option_set(params, option)
         loss = params["models"][model]["loss"]
@@ -248,18 +249,10 @@ def check_params(params: Mapping[str, Any]) -> None:
             )
         if loss is not None:
             try:
-                check_option_set(training_options, loss)
+                catalog.check_option_set(training_options, loss)
             except HierpipeError as error:
                 message = f"params: model {model!r} with option set {option!r}: {error}"
                 raise HierpipeError(message) from error
-    for model in params["models"]:
-        backbone = model_backbone(params, model).name
-        if not timm.is_model(backbone):
-            raise HierpipeError(
-                f"params: backbone.name {backbone!r} (models.{model}) is not a timm model name"
-            )
-    from hierpipe.comparisons import questions_from_params, statistics_settings
-
     statistics_settings(params)
     questions_from_params(params)
     fractions = [d.get("split", {}).get("fractions") for d in params["datasets"].values()]
@@ -272,48 +265,46 @@ def check_params(params: Mapping[str, Any]) -> None:
 
 
 def _check_model(params: Mapping[str, Any], dataset: str, model: str) -> None:
-    """Build a throwaway of everything the model defines, so bad settings fail before any job."""
-    from hierpipe.losses import LOSSES, build_loss, build_regularizer, required_head
-    from hierpipe.models import check_head
-
     definition = params["models"][model]
     loss = definition["loss"]
-    if loss is not None and loss not in LOSSES:
+    if loss is not None and loss not in catalog.LOSSES:
         raise HierpipeError(
-            f"loss is {loss!r}; expected one of {sorted(LOSSES)} or null (the untrained baseline)"
+            f"loss is {loss!r}; expected one of {sorted(catalog.LOSSES)} or null "
+            "(the untrained baseline)"
         )
     head = model_head(params, model)
-    check_head(head.space, head.curvature, head.clip_r)
+    catalog.check_head(head.space, head.curvature, head.clip_r)
     train = run_train(params, dataset, model)
-    embedding_dim = model_backbone(params, model).embedding_dim
-    geometry = {"embedding_dim": embedding_dim, "curvature": head.curvature, "clip_r": head.clip_r}
     if loss is None:
         if definition.get("regularizer") is not None or definition.get("train"):
             raise HierpipeError("an untrained model (loss null) takes no regularizer or train")
         return
-    build_loss(loss, definition.get("hyperparameters"), num_classes=2, **geometry)
-    needed = required_head(LOSSES[loss])
-    if needed is not None and head.space != needed:
-        raise HierpipeError(f"loss {loss!r} needs head space {needed!r}, got {head.space!r}")
+    entry = catalog.LOSSES[loss]
+    catalog.check_hyperparameters(entry, definition.get("hyperparameters"), f"loss {loss!r}")
+    if entry.head_required and head.space != entry.head:
+        raise HierpipeError(f"loss {loss!r} needs head space {entry.head!r}, got {head.space!r}")
     if train.samples_per_class is not None and train.batch_size % train.samples_per_class:
         raise HierpipeError(
             f"train.batch_size {train.batch_size} is not a multiple of "
             f"train.samples_per_class {train.samples_per_class}"
         )
-    if getattr(LOSSES[loss], "needs_class_groups", False) and not train.samples_per_class:
+    if entry.needs_class_groups and not train.samples_per_class:
         raise HierpipeError(
             f"loss {loss!r} pairs the samples of each class in a batch; set "
             "train.samples_per_class (2 or more)"
         )
     regularizer = regularizer_config(params, model)
     if regularizer is not None:
-        term = build_regularizer(regularizer.name, regularizer.hyperparameters, **geometry)
-        if getattr(term, "geometry", None) == "poincare" and head.space != "poincare":
+        term = catalog.lookup(catalog.REGULARIZERS, regularizer.name, "regularizer")
+        settings = catalog.check_hyperparameters(
+            term, regularizer.hyperparameters, f"regularizer {regularizer.name!r}"
+        )
+        if settings.get("geometry") == "poincare" and head.space != "poincare":
             raise HierpipeError(
                 f"regularizer {regularizer.name!r} measures in the Poincaré ball; set "
                 "head.space to poincare (or the regulariser's geometry to sphere or euclidean)"
             )
-        topk = getattr(term, "topk", 0)
+        topk = settings.get("topk", 0)
         if topk > train.batch_size:
             raise HierpipeError(
                 f"regularizer {regularizer.name!r} mines each sample's top-{topk} neighbours, "
@@ -328,14 +319,14 @@ def _check_model(params: Mapping[str, Any], dataset: str, model: str) -> None:
 
 def model_head(params: Mapping[str, Any], model: str) -> HeadConfig:
     """The model's head: as params set it, else the space its loss trains in."""
-    from hierpipe.losses import default_head, loss_class
-
     definition = params["models"][model]
     head = dict(definition.get("head") or {})
     if "space" not in head:
         loss = definition["loss"]
         # the untrained baseline is judged by directions only, like the normalised models
-        head["space"] = "sphere" if loss is None else default_head(loss_class(loss))
+        head["space"] = (
+            "sphere" if loss is None else catalog.lookup(catalog.LOSSES, loss, "loss").head
+        )
     return _build(HeadConfig, head, f"models.{model}.head")
 
 

@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hierpipe.atomic import write_text_atomic
+from hierpipe.catalog import proxies_from_hierarchy
 from hierpipe.config import RunConfig
 from hierpipe.data import read_classes
 from hierpipe.embeddings import Embeddings, read_embeddings, read_representatives
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import pairwise_distances
 from hierpipe.hierarchy import ClassTree
-from hierpipe.io import write_text_atomic
 from hierpipe.losses import build_regularizer
 from hierpipe.losses.hier import GEOMETRIES as HIER_GEOMETRIES
 from hierpipe.metrics import (
@@ -49,7 +50,6 @@ from hierpipe.metrics import (
     topk_accuracy,
 )
 from hierpipe.tracking import run_tracker
-from hierpipe.train.options import proxies_from_hierarchy
 
 
 def evaluate_run(

@@ -1,16 +1,9 @@
-"""Atomic file writes: every output appears under its final name complete or not at all.
-
-A job killed mid-write leaves at most a hidden temporary file, never a truncated output
-that a rerun or a downstream rule would take for a finished one.
-"""
+"""Parquet and vector I/O with atomic writes (hierpipe.atomic), and torch.load's refusals
+on one line."""
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hierpipe.atomic import atomic_path
 from hierpipe.errors import HierpipeError
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; on success, fsync it and rename it to `path`.
-
-    A sibling keeps the rename on one file system (atomic). Not tempfile.mkstemp: its files
-    are mode 0600, and the rename would keep that mode on the output.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def write_parquet_atomic(data: pd.DataFrame | pa.Table, path: str | Path) -> None:

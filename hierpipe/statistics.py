@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from hierpipe.catalog import CORRECTIONS
 from hierpipe.errors import HierpipeError
-
-CORRECTIONS = ("holm", "bonferroni", "bh", "none")
 
 # scipy.stats.wilcoxon(method="auto") gives up the exact null distribution above this many pairs.
 _EXACT_MAX_PAIRS = 50

@@ -15,12 +15,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -55,17 +57,37 @@ def tracking_uri(root: str | Path) -> str:
     return f"sqlite:///{Path(root).resolve() / STORE_DIR / 'mlflow.db'}"
 
 
-def start_workflow_run(root: str | Path, experiment: str, *, dry_run: bool = False) -> str | None:
+def start_workflow_run(
+    root: str | Path,
+    experiment: str,
+    *,
+    dry_run: bool = False,
+    image: WorkflowImage | None = None,
+) -> str | None:
     """Create store, experiment and parent run; export them to the jobs. Returns the run id.
 
+    With `image` (the workflow runs its jobs in a container) the image's MLflow does it, so
+    the host needs no MLflow and the store is written by the version the jobs write with.
     Nothing is created for a dry run or with `HIERPIPE_MLFLOW=0`. Snakemake 9 already skips
     `onstart:` for `-n`; the flag keeps that true should the hook semantics change.
     """
     if dry_run or not tracking_enabled():
         return None
+    root = Path(root).resolve()
+    if image is not None:
+        output = image.run(
+            ["hierpipe", "tracking", "start", "--experiment", experiment, "--root", str(root)], root
+        )
+        parent_id = output.strip().splitlines()[-1] if output.strip() else ""
+        if not re.fullmatch(r"[0-9a-f]{32}", parent_id):
+            raise HierpipeError(
+                f"hierpipe tracking start in {image.path} printed {output.strip()!r}; "
+                "expected the run id of the workflow's MLflow run"
+            )
+        _export_run(tracking_uri(root), parent_id)
+        return parent_id
     from mlflow import MlflowClient
 
-    root = Path(root).resolve()
     uri = tracking_uri(root)
     default_store = not os.environ.get(URI_ENV)
     if default_store:
@@ -85,23 +107,70 @@ def start_workflow_run(root: str | Path, experiment: str, *, dry_run: bool = Fal
             run_name=f"{experiment}/workflow-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={"hierpipe.root": str(root)},
         )
-    parent_id = run.info.run_id
+    _export_run(uri, run.info.run_id)
+    return run.info.run_id
+
+
+def _export_run(uri: str, parent_id: str) -> None:
+    """Tell the jobs (and the hooks at the end) where the store and the parent run are."""
     for prefix in ("", "APPTAINERENV_"):  # APPTAINERENV_*: still seen under --cleanenv
         os.environ[prefix + URI_ENV] = uri
         os.environ[prefix + PARENT_ENV] = parent_id
-    return parent_id
 
 
-def end_workflow_run(status: Literal["FINISHED", "FAILED"]) -> None:
-    """End the parent run `start_workflow_run` exported, if there is one."""
+def end_workflow_run(
+    status: Literal["FINISHED", "FAILED"], *, image: WorkflowImage | None = None
+) -> None:
+    """End the parent run `start_workflow_run` exported, if there is one (in `image`, when
+    the workflow runs its jobs in one)."""
     parent_id = os.environ.get(PARENT_ENV)
     if not parent_id or not tracking_enabled():
+        return
+    if image is not None:
+        image.run(["hierpipe", "tracking", "end", "--status", status], Path.cwd())
         return
     from mlflow import MlflowClient
 
     uri = os.environ[URI_ENV]
     with _store_errors(uri, f"end the workflow run {parent_id}"):
         MlflowClient(uri).set_terminated(parent_id, status=status)
+
+
+@dataclass(frozen=True)
+class WorkflowImage:
+    """The container image the workflow's jobs run in, for the workflow hooks to run in too.
+
+    `path` is a local image file or a URL Apptainer can pull (docker://...); `args` are the
+    workflow's own Apptainer arguments (binds, --cleanenv, ...).
+    """
+
+    path: str
+    args: tuple[str, ...] = ()
+
+    def run(self, command: Sequence[str], root: Path) -> str:
+        """Run `command` in the image as Snakemake runs a job (home and working directory
+        the workflow directory, the MLflow variables passed under --cleanenv); its stdout."""
+        runtime = shutil.which("apptainer") or shutil.which("singularity")
+        if runtime is None:
+            raise HierpipeError(
+                "neither apptainer nor singularity is on PATH; --use-singularity needs one"
+            )
+        call = [runtime, "exec", "--home", str(root), *self.args, self.path, *command]
+        passed = {
+            f"APPTAINERENV_{name}": os.environ[name]
+            for name in (URI_ENV, ENABLED_ENV)
+            if name in os.environ
+        }
+        result = subprocess.run(
+            call, cwd=root, env={**os.environ, **passed}, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise HierpipeError(
+                f"{' '.join(command)} in the image {self.path} failed "
+                f"(exit {result.returncode}): {last}"
+            )
+        return result.stdout
 
 
 def log_figures(figures: Sequence[tuple[str | None, str, Path]]) -> None:

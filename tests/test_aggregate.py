@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from hierpipe.aggregate import aggregate, collect_runs, summarize
-from hierpipe.comparisons import questions_from_params
 from hierpipe.errors import HierpipeError
+from hierpipe.questions import questions_from_params
 
 
 def _write_metrics(path, model, seed, metrics, loss=None, regularizer=None):

@@ -70,10 +70,6 @@ def test_valid_params_pass(tiny_params):
         ),
         (lambda p: p["datasets"].update(imagenet21k={}), r"unknown dataset 'imagenet21k'"),
         (
-            lambda p: p["backbone"].update(name="resnet9000"),
-            r"'resnet9000' \(models\.softmax\) is not a timm",
-        ),
-        (
             lambda p: p["models"]["proxydr"]["hyperparameters"].update(margin=0.1),
             r"models\.proxydr on shapes: unknown hyperparameter\(s\) 'margin'",
         ),
@@ -87,6 +83,31 @@ def test_params_naming_things_that_do_not_exist_are_refused(tiny_params, edit, m
     edit(tiny_params)
     with pytest.raises(HierpipeError, match=message):
         check_params(validated(tiny_params))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["backbone"].update(name="resnet9000"),
+            r"shapes/softmax-standard-s1: models\.softmax: backbone\.name 'resnet9000' is not "
+            r"a timm model name",
+        ),
+        (
+            lambda p: p["models"]["softmax"].update(loss="normface", hyperparameters={"scale": -1}),
+            r"shapes/softmax-standard-s1: models\.softmax: .*scale",
+        ),
+    ],
+)
+def test_values_only_the_classes_check_are_refused_before_training(tiny_params, edit, message):
+    """Parsing (check_params) passes these: the catalog knows names, not valid values."""
+    from hierpipe.train.check import check_run_components
+
+    edit(tiny_params)
+    params = validated(tiny_params)
+    check_params(params)
+    with pytest.raises(HierpipeError, match=message):
+        check_run_components(resolve_run_config(params, "shapes", "softmax", "standard", 1))
 
 
 def _hier(params: dict) -> dict:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hierpipe.errors import HierpipeError
-from hierpipe.losses import LOSSES, CORRLoss, ProxyClassifierLoss, ProxyDRLoss, build_loss
+from hierpipe.losses import CORRLoss, ProxyDRLoss, build_loss
 
 # Directions (1, 0), (0, 1), (-1, 0) at unequal lengths: only directions may matter.
 _PROXIES = torch.tensor([[2.0, 0.0], [0.0, 3.0], [-0.5, 0.0]])
@@ -37,17 +37,6 @@ def test_corr_is_scored_with_the_proxydr_logits() -> None:
     proxydr = ProxyDRLoss(num_classes=3, embedding_dim=2)
     proxydr.proxies.data.copy_(_PROXIES)
     torch.testing.assert_close(corr.logits(_EMBEDDINGS), proxydr.logits(_EMBEDDINGS))
-
-
-def test_corr_needs_fixed_proxies_and_the_others_do_not() -> None:
-    proxy_losses = {n: c for n, c in LOSSES.items() if issubclass(c, ProxyClassifierLoss)}
-    assert {name: cls.requires_fixed_proxies for name, cls in proxy_losses.items()} == {
-        "softmax": False,
-        "normface": False,
-        "proxydr": False,
-        "corr": True,
-        "proxy_anchor": False,
-    }
 
 
 def test_corr_is_registered_with_its_hyperparameters() -> None:

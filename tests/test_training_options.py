@@ -11,18 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hierpipe.catalog import TRAINING_OPTIONS, check_option_set, proxies_from_hierarchy
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
-from hierpipe.losses import NormFaceLoss, ProxyClassifierLoss, ProxyDRLoss, SoftmaxLoss, build_loss
+from hierpipe.losses import NormFaceLoss, ProxyClassifierLoss, ProxyDRLoss, build_loss
 from hierpipe.train.options import (
-    TRAINING_OPTIONS,
     DynamicScale,
     EMAProxies,
     MDSProxies,
     OptionContext,
     build_options,
-    check_option_set,
-    proxies_from_hierarchy,
 )
 from hierpipe.train.options.dynamic_scale import initial_scale, scale_residual
 from hierpipe.train.options.mds import fit_mds
@@ -249,7 +247,7 @@ def test_ema_proxies_are_frozen_against_the_optimiser() -> None:
     torch.manual_seed(7)
     net = torch.nn.Linear(5, 4)
     loss = ProxyDRLoss(num_classes=3, embedding_dim=4)
-    options = build_options({"ema": {}})
+    options = build_options({"ema": {}}, "proxydr")
     for option in options:
         option.setup(_context(loss))
     assert options[0].freezes_proxies
@@ -343,7 +341,7 @@ def test_mds_option_rejects_a_tree_of_the_wrong_size() -> None:
 
 
 def test_build_options_runs_in_registry_order() -> None:
-    options = build_options({"mds": {"beta": 2.0}, "dynamic_scale": None})
+    options = build_options({"mds": {"beta": 2.0}, "dynamic_scale": None}, "proxydr")
     assert [type(o) for o in options] == [DynamicScale, MDSProxies]
     assert options[1].beta == 2.0
     assert list(TRAINING_OPTIONS) == ["dynamic_scale", "ema", "mds"]
@@ -371,7 +369,7 @@ def test_build_options_runs_in_registry_order() -> None:
 )
 def test_build_options_rejects_bad_specs(spec: dict, match: str) -> None:
     with pytest.raises(HierpipeError, match=match):
-        build_options(spec)
+        build_options(spec, "proxydr")
 
 
 @pytest.mark.parametrize(
@@ -425,7 +423,7 @@ def test_every_run_of_the_papers_grid_trains_like_the_engine(loss_name: str, spe
     torch.manual_seed(9)
     net = torch.nn.Linear(6, 16)
     loss = build_loss(loss_name, num_classes=8, embedding_dim=16)
-    options = build_options(spec)
+    options = build_options(spec, loss_name)
     for option in options:
         option.setup(_context(loss, tree_dist=_tree_distances(), lr=1e-2))
     params = [p for p in [*net.parameters(), *loss.parameters()] if p.requires_grad]
@@ -455,6 +453,6 @@ def test_only_mds_fits_the_proxies_to_the_tree(spec: dict, expected: bool) -> No
     assert proxies_from_hierarchy(spec) is expected
 
 
-def test_setup_refuses_an_incompatible_loss() -> None:
+def test_building_refuses_an_incompatible_loss() -> None:
     with pytest.raises(HierpipeError, match="'ema' places unit-length proxies"):
-        EMAProxies().setup(_context(SoftmaxLoss(num_classes=3, embedding_dim=2)))
+        build_options({"ema": {}}, "softmax")

@@ -22,9 +22,6 @@ class ProxyClassifierLoss(nn.Module, ABC):
     normalized_embeddings: bool
     """Whether the embedding head should L2-normalise its output for this loss."""
 
-    requires_fixed_proxies: bool = False
-    """Whether the proxies must be fixed class embeddings from a training option (MDS)."""
-
     proxies: nn.Parameter
 
     def __init__(self, num_classes: int, embedding_dim: int) -> None:

@@ -14,12 +14,11 @@ REDUCTIONS = ("sum", "mean")
 class CORRLoss(ProxyDRLoss):
     """Training loss `sum_i (1 - cos(z_i, w_{y_i}))`; scored with the ProxyDR logits.
 
-    The class embeddings must be fixed by the MDS option (`requires_fixed_proxies`).
+    The class embeddings must be fixed by the MDS option (`needs_fixed_proxies` in
+    hierpipe.catalog).
     `reduction="sum"` is the public code's choice; "mean" divides by the batch size
     (section 10, Q6). `scale` only enters the logits, which prediction ignores.
     """
-
-    requires_fixed_proxies = True
 
     def __init__(
         self,

@@ -43,8 +43,6 @@ class HypPairwiseLoss(nn.Module):
     """
 
     normalized_embeddings = False
-    required_head = "poincare"
-    needs_class_groups = True  # batches from the class-balanced sampler (hierpipe.data.samplers)
 
     def __init__(self, temperature: float = 0.2, curvature: float = 0.1) -> None:
         super().__init__()

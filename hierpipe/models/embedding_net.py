@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hierpipe.catalog import HEADS
 from hierpipe.checks import check_int
 from hierpipe.errors import HierpipeError
 from hierpipe.geometry import ToPoincare
@@ -19,7 +20,6 @@ from hierpipe.io import torch_load_problem
 
 ALLOW_DOWNLOAD_ENV = "HIERPIPE_ALLOW_DOWNLOAD"
 
-HEADS = ("euclidean", "sphere", "poincare")
 
 # How many offending state-dict keys an error message lists before summarising.
 _KEYS_SHOWN = 5
@@ -105,11 +105,6 @@ def _to_space(head: str, curvature: float, clip_r: float) -> nn.Module:
     if head == "poincare":
         return ToPoincare(curvature, clip_r, riemannian=True)
     raise HierpipeError(f"head: unknown {head!r}, expected one of {', '.join(HEADS)}")
-
-
-def check_head(space: str, curvature: float, clip_r: float) -> None:
-    """Raise unless `space` is a head with valid settings (curvature > 0 for poincare, ...)."""
-    _to_space(space, curvature, clip_r)
 
 
 class EmbeddingNet(nn.Module):

@@ -18,10 +18,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from hierpipe.atomic import atomic_path
 from hierpipe.checks import check_finite_array
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
-from hierpipe.io import atomic_path
 from hierpipe.plots.plan import FORMATS
 
 DPI = 100

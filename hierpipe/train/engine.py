@@ -42,6 +42,7 @@ from hierpipe.metrics import retrieval_metrics
 from hierpipe.models import EmbeddingNet, select_device
 from hierpipe.tracking import NullTracker, RunTracker, run_tracker
 from hierpipe.train.accelerator import Accelerator
+from hierpipe.train.check import check_run_components
 from hierpipe.train.options import OptionContext, build_options
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def train_run(
     Inside the workflow the run is also an MLflow child run (hierpipe.tracking): params, one
     metric batch per epoch, then the config, the log and the model as artifacts.
     """
+    check_run_components(config)
     with run_tracker(config, "train") as tracker:
         _train_run(config, model_path, log_path, checkpoint_dir, tracker)
         tracker.log_config(config)
@@ -136,7 +138,7 @@ def _train_run(
         _write_log([], log_path, "val_top1")
         return
     objective.to(device)
-    options = build_options(config.training_options)
+    options = build_options(config.training_options, config.loss)
     context = OptionContext(objective.loss, data.tree_dist, config.train.lr, config.seed, device)
     for option in options:
         option.setup(context)  # may freeze the proxies: the optimiser takes what still learns

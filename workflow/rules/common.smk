@@ -1,4 +1,6 @@
 # Helpers shared by the rules: the run grid and each run's resolved config.
+import json
+
 from hierpipe.plots.plan import FORMATS, figure_plan
 from hierpipe.config import (
     RUN_ID_PATTERN,
@@ -26,9 +28,10 @@ wildcard_constraints:
     run=RUN_ID_PATTERN,
 
 
-def run_config(wildcards):
-    """The resolved config of a run, as a plain dict (Snakemake reruns a job when it changes)."""
-    return resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run]).to_dict()
+def run_config_json(wildcards):
+    """The resolved config of a run as JSON (Snakemake reruns a job when it changes)."""
+    resolved = resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run])
+    return json.dumps(resolved.to_dict(), sort_keys=True)
 
 
 def split_file(wildcards):

@@ -15,8 +15,6 @@ rule embed:
     threads: 1
     resources:
         gpu=1,
-    container:
-        config["container"]
     # gpu_slots pins the job to one free GPU of the host (none on CPU: the command runs as is)
     shell:
         "python -m hierpipe.gpu_slots run --"

@@ -1,5 +1,7 @@
 # Tables and figures of the experiment; `snakemake --report results/<experiment>/report.zip`
 # gathers them with their captions (workflow/report/*.rst) and the resolved params.
+import json
+
 from hierpipe.plots.plan import GROUPS
 
 
@@ -7,16 +9,13 @@ rule experiment_params:
     output:
         report(f"{RESULTS}/params.yaml", caption="../report/params.rst", category="Params"),
     params:
-        config=config,
+        config=json.dumps(config),
     log:
         f"{LOGS}/params.log",
     benchmark:
         f"{BENCHMARKS}/params.tsv"
-    run:
-        from hierpipe.config import write_resolved_params
-
-        write_resolved_params(params.config, output[0])
-        Path(log[0]).write_text(f"params of {config['experiment']} -> {output[0]}\n")
+    shell:
+        "hierpipe config experiment --json {params.config:q} --out {output} > {log} 2>&1"
 
 
 rule aggregate:

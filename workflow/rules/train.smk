@@ -1,23 +1,17 @@
 # Training: one job per (dataset, run); the run's resolved config is its own file, so a
 # change of params reruns exactly the runs it touches.
-from pathlib import Path
-
-
 rule run_config:
     output:
         f"{RUN_DIR}/config.yaml",
     params:
-        config=run_config,
+        # JSON on the command line: the job (in the image) checks it against the classes
+        config=run_config_json,
     log:
         f"{LOGS}/{{dataset}}/{{run}}/config.log",
     benchmark:
         f"{BENCHMARKS}/{{dataset}}/{{run}}/config.tsv"
-    run:
-        from hierpipe.config import RunConfig, write_run_config
-
-        resolved = RunConfig.from_dict(params.config)
-        write_run_config(resolved, output[0])
-        Path(log[0]).write_text(f"resolved config of {resolved.run_id} -> {output[0]}\n")
+    shell:
+        "hierpipe config run --json {params.config:q} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -39,8 +33,6 @@ rule train:
     threads: 1
     resources:
         gpu=1,
-    container:
-        config["container"]
     # gpu_slots pins the job to one free GPU of the host (none on CPU: the command runs as is)
     shell:
         "python -m hierpipe.gpu_slots run --"

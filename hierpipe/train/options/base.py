@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hierpipe.errors import HierpipeError
-from hierpipe.losses.base import ProxyClassifierLoss, ScaledCosineProxyLoss
+from hierpipe.losses.base import ProxyClassifierLoss
 
 
 @dataclass(frozen=True)
@@ -42,18 +41,9 @@ class TrainingOption(ABC):
     freezes_proxies: bool = False
     """The proxies get no gradient: the engine leaves them out of the optimiser."""
 
-    fixes_proxies: bool = False
-    """The proxies are set once in `setup` and never move (what CORR needs, section 3.5)."""
-
-    proxies_from_hierarchy: bool = False
-    """The proxies are fitted to the true class tree, so their hierarchy scores measure that
-    fit rather than learning (section 10, Q17)."""
-
     @abstractmethod
     def setup(self, context: OptionContext) -> None:
         """Prepare the option for `context.loss`; subclasses call this first."""
-        # params checking should have refused the loss already; fail loudly if it did not
-        self.check_compatible(type(context.loss).__name__, type(context.loss))
         if self.freezes_proxies:
             context.loss.proxies.requires_grad_(False)
 
@@ -76,18 +66,3 @@ class TrainingOption(ABC):
     def log_values(self) -> dict[str, float]:
         """Values for the per-epoch training log."""
         return {}
-
-    @classmethod  # noqa: B027
-    def check_compatible(cls, loss_name: str, loss_class: type[ProxyClassifierLoss]) -> None:
-        """Raise HierpipeError when the option cannot train the loss `loss_name`."""
-
-
-def require_unit_proxies(
-    option: str, loss_name: str, loss_class: type[ProxyClassifierLoss]
-) -> None:
-    """Refuse a loss whose proxies are not directions on the unit sphere (softmax)."""
-    if not issubclass(loss_class, ScaledCosineProxyLoss):
-        raise HierpipeError(
-            f"training option {option!r} places unit-length proxies, but loss {loss_name!r} "
-            f"({loss_class.__name__}) uses unnormalised classifier weights"
-        )

@@ -190,14 +190,3 @@ class DynamicScale(TrainingOption):
 
     def log_values(self) -> dict[str, float]:
         return {"scale": self.log_s.exp().item()}
-
-    @classmethod
-    def check_compatible(cls, loss_name: str, loss_class: type[ProxyClassifierLoss]) -> None:
-        """Refuse every loss but NormFace and ProxyDR (CORR has no scale in its loss)."""
-        if loss_class not in _LOSS_KINDS:
-            known = ", ".join(f"{c.__name__}" for c in _LOSS_KINDS)
-            raise HierpipeError(
-                f"training option 'dynamic_scale' adapts the scale of a cross-entropy over "
-                f"scaled logits ({known}); loss {loss_name!r} ({loss_class.__name__}) has no "
-                f"such scale in its training loss (proxydr.md 3.5, 4.3)"
-            )

@@ -7,11 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hierpipe.checks import check_number
-from hierpipe.losses.base import ProxyClassifierLoss
 from hierpipe.train.options.base import (
     OptionContext,
     TrainingOption,
-    require_unit_proxies,
 )
 
 
@@ -55,8 +53,3 @@ class EMAProxies(TrainingOption):
 
     def load_state_dict(self, state: dict) -> None:
         self._seen.copy_(state["seen"])
-
-    @classmethod
-    def check_compatible(cls, loss_name: str, loss_class: type[ProxyClassifierLoss]) -> None:
-        """Refuse softmax: an average of unit embeddings is no classifier weight for it."""
-        require_unit_proxies("ema", loss_name, loss_class)

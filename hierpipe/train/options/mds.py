@@ -11,11 +11,9 @@ from torch import Tensor
 
 from hierpipe.checks import check_int, check_number
 from hierpipe.errors import HierpipeError
-from hierpipe.losses.base import ProxyClassifierLoss
 from hierpipe.train.options.base import (
     OptionContext,
     TrainingOption,
-    require_unit_proxies,
 )
 
 # Below this squared chord distance sqrt is clamped: its gradient is infinite at 0, which
@@ -73,8 +71,6 @@ class MDSProxies(TrainingOption):
     """Proxies fixed to an MDS embedding of the class tree before training starts."""
 
     freezes_proxies = True
-    fixes_proxies = True
-    proxies_from_hierarchy = True
 
     def __init__(self, beta: float = 1.0, steps: int = 1000, lr: float = 1e-3) -> None:
         check_number("mds beta", beta, positive=True)
@@ -108,8 +104,3 @@ class MDSProxies(TrainingOption):
 
     def log_values(self) -> dict[str, float]:
         return {"mds_stress": self._stress}
-
-    @classmethod
-    def check_compatible(cls, loss_name: str, loss_class: type[ProxyClassifierLoss]) -> None:
-        """Refuse softmax: MDS places unit class embeddings."""
-        require_unit_proxies("mds", loss_name, loss_class)
