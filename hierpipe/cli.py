@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    logging.getLogger("hierpipe").info("hierpipe %s %s", args.verb, _where())
     if getattr(args, "threads", None):
         import torch  # only the verbs that compute take --threads
 
@@ -127,6 +130,21 @@ def _ui(args: argparse.Namespace) -> None:
     status = run_ui(Path.cwd(), args.host, args.port)
     if status:
         raise HierpipeError(f"mlflow ui exited with status {status}")
+
+
+def _where() -> str:
+    """Where this command runs, for the job's log: in which container (Apptainer names its
+    image in APPTAINER_CONTAINER) or on the host, on which system, with which Python."""
+    image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
+    try:
+        release = platform.freedesktop_os_release()
+    except OSError:
+        release = {"PRETTY_NAME": platform.platform()}
+    system = release.get("PRETTY_NAME", "unknown system")
+    if "BUILD_ID" in release:  # an image build that stamped its os-release
+        system += f", build {release['BUILD_ID']}"
+    place = f"in the container {image}" if image else "on the host"
+    return f"{place} ({system}; Python {platform.python_version()}, {sys.executable})"
 
 
 def _json_mapping(text: str, flag: str) -> dict:

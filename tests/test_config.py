@@ -110,6 +110,18 @@ def test_values_only_the_classes_check_are_refused_before_training(tiny_params, 
         check_run_components(resolve_run_config(params, "shapes", "softmax", "standard", 1))
 
 
+def test_training_checks_the_components_before_it_reads_any_data(tiny_params, tmp_path):
+    from hierpipe.train.engine import train_run
+
+    tiny_params["backbone"]["name"] = "resnet9000"
+    params = validated(tiny_params)
+    config = resolve_run_config(params, "shapes", "softmax", "standard", 1, str(tmp_path))
+    assert not (tmp_path / "shapes").exists()  # no data: reading it would fail differently
+    with pytest.raises(HierpipeError, match=r"backbone\.name 'resnet9000' is not a timm model"):
+        train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    assert not (tmp_path / "model.pt").exists()
+
+
 def _hier(params: dict) -> dict:
     return params["models"]["pa_hier"]
 

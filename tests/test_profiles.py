@@ -1,8 +1,8 @@
 """The GPU, SLURM and Kubernetes profiles: each one dry-runs the default experiment.
 
 The executor plugins are optional (extra `cluster`); their tests skip when a plugin is missing.
-A dry run with a container profile still asks `apptainer --version`, so those use the fake
-apptainer of test_containers.
+A dry run with a container profile still asks `apptainer --version`, which a stand-in
+answers here: tests/test_apptainer.py runs the workflow in a real Apptainer.
 """
 
 import importlib.util
@@ -14,13 +14,26 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from test_containers import install_fake_apptainer
 from test_workflow import _env, _job_counts, _workflow_copy
 
 pytestmark = pytest.mark.slow
 
 PROFILES = REPO / "workflow/profiles"
 SNAKEMAKE = (sys.executable, "-m", "snakemake")
+
+
+# All that a dry run asks of the runtime; any other call is refused.
+APPTAINER_VERSION_ONLY = """#!/bin/sh
+[ "$1" = --version ] && echo "apptainer version 1.4.5" && exit 0
+echo "stand-in apptainer: a dry run should not call $*" >&2
+exit 1
+"""
+
+
+def install_apptainer_stand_in(bin_dir: Path) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "apptainer").write_text(APPTAINER_VERSION_ONLY)
+    (bin_dir / "apptainer").chmod(0o755)
 
 
 def _profile(name: str) -> dict:
@@ -33,7 +46,7 @@ def _needs(module: str, package: str) -> None:
 
 
 def _dry_run(root: Path, profile: str, *args: str) -> subprocess.CompletedProcess:
-    install_fake_apptainer(root / "bin", root / "apptainer.jsonl")
+    install_apptainer_stand_in(root / "bin")
     environ = _env()
     environ["PATH"] = f"{root / 'bin'}{os.pathsep}{environ['PATH']}"
     return subprocess.run(
@@ -56,7 +69,8 @@ def _assert_whole_default_grid(result: subprocess.CompletedProcess) -> None:
 def test_gpu_profile_dry_run(tmp_path):
     result = _dry_run(_workflow_copy(tmp_path), "gpu")
     _assert_whole_default_grid(result)
-    assert "Singularity image docker://ghcr.io/hierpipe/hierpipe:" in result.stdout + result.stderr
+    # the image of params, which a dry run does not need to exist
+    assert "containers/hierpipe-0.1.0.sif" in result.stdout + result.stderr
 
 
 def test_slurm_profile_dry_run(tmp_path):
@@ -71,6 +85,7 @@ def test_kubernetes_profile_dry_run(tmp_path):
     root = tmp_path / "workflow"
     root.mkdir()
     storage = ("--default-storage-provider", "fs", "--default-storage-prefix", str(tmp_path))
+    storage += ("--container-image", "registry.example.org/hierpipe:0.1.0")
     _assert_whole_default_grid(_dry_run(_workflow_copy(root), "kubernetes", *storage))
 
 
