@@ -35,11 +35,11 @@ validate_params(
 
 def workflow_image():
     """The image jobs run in under --use-singularity (None without it); a local image file
-    that does not exist fails here, naming the command that builds it."""
+    that does not exist fails here, naming the command that builds it (a dry run needs none)."""
     if DeploymentMethod.APPTAINER not in workflow.deployment_settings.deployment_method:
         return None
     image = config["container"]
-    if "://" not in image and not Path(image).is_file():
+    if "://" not in image and not Path(image).is_file() and not workflow.dryrun:
         raise HierpipeError(
             f"container {image}: no such image file; build it with `apptainer build {image} "
             "docker/hierpipe.def` (or see docker/README.md), or set params' container"

@@ -264,6 +264,24 @@ def check_params(params: Mapping[str, Any]) -> None:
             )
 
 
+def check_datasets_obtainable(params: Mapping[str, Any], data_root: str | Path = "data") -> None:
+    """Each dataset that cannot be downloaded is prepared already or has a `source`.
+
+    Checked before any job: otherwise the workflow would queue every job of the grid and stop
+    at that dataset's first one.
+    """
+    for name, settings in params["datasets"].items():
+        manual = catalog.lookup(catalog.DATASETS, name, "dataset").manual
+        prepared = (Path(data_root) / name / "samples.parquet").is_file()
+        if manual and not prepared and not settings.get("source"):
+            raise HierpipeError(
+                f"params: datasets.{name}: {data_root}/{name} is not prepared and cannot be "
+                f"downloaded: {manual}. Then set datasets.{name}.source to where they are (a "
+                f"folder or an archive), or run `hierpipe data prepare {name} --source <where> "
+                f"--out {data_root}/{name}`"
+            )
+
+
 def _check_model(params: Mapping[str, Any], dataset: str, model: str) -> None:
     definition = params["models"][model]
     loss = definition["loss"]

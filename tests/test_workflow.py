@@ -72,11 +72,15 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
-    """`dvc repro default` on a fresh repository: its stage runs `snakemake --cores all` on
-    params/default.yaml, as the README's first command does."""
+    """A bare `dvc repro` on a fresh repository: its one stage runs `snakemake --cores all` on
+    params/default.yaml, as the README's first command does; the papers' grids
+    (params/dvc.yaml) are not touched."""
     root = _dvc_project_copy(tmp_path_factory.mktemp("workflow"))
-    result = dvc(root, "repro", "default")
+    result = dvc(root, "repro")
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert "Running stage 'default'" in result.stdout
+    assert "proxydr" not in result.stdout and "'hier'" not in result.stdout
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["shapes"]
     return root
 
 
@@ -245,10 +249,18 @@ def test_deleting_one_metrics_file_reruns_that_evaluation_and_what_reads_it(fini
     assert all(path.read_bytes() == data for path, data in figures.items())
 
 
-def test_dvc_second_repro_is_a_no_op_and_lists_the_metrics(finished_workflow):
-    result = dvc(finished_workflow, "repro", "default")
+def test_dvc_is_up_to_date_and_a_second_repro_is_a_no_op(finished_workflow):
+    status = dvc(finished_workflow, "status")
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+    before = _outputs(finished_workflow)
+    result = dvc(finished_workflow, "repro")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "didn't change, skipping" in result.stdout or "up to date" in result.stdout
+    assert _outputs(finished_workflow) == before
+
+
+def test_dvc_lists_the_metrics(finished_workflow):
     shown = dvc(finished_workflow, "metrics", "show", "--json")
     assert shown.returncode == 0, shown.stderr[-3000:]
     headline = json.loads((finished_workflow / "metrics/default.json").read_text())
@@ -285,6 +297,20 @@ def test_dvc_reruns_only_what_a_changed_param_touches(finished_workflow):
     changed = [p.relative_to(results) for p, mtime in after.items() if before.get(p) != mtime]
     runs = {p.parts[1] for p in changed if len(p.parts) > 2 and p.parts[0] != "figures"}
     assert runs == {"corr-mds-s1"}, sorted(map(str, changed))
+
+
+def test_a_paper_grid_without_its_hand_downloaded_dataset_stops_before_any_job(tmp_path):
+    """`dvc repro params/dvc.yaml:hier` offline, In-shop not prepared: one line naming the
+    dataset and how to get it, and no job has run (no dataset directory was made)."""
+    root = _dvc_project_copy(tmp_path)
+    result = dvc(root, "repro", "params/dvc.yaml:hier")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    line = next(line for line in output.splitlines() if "datasets.inshop" in line)
+    assert "is not prepared and cannot be downloaded" in line
+    assert "by hand from http://mmlab.ie.cuhk.edu.hk/projects/DeepFashion.html" in line
+    assert "hierpipe data prepare inshop --source" in line
+    assert not (root / "data").exists()
 
 
 @pytest.mark.parametrize(

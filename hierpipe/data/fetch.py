@@ -35,6 +35,11 @@ from tqdm import tqdm
 
 from hierpipe.errors import HierpipeError
 
+
+class DownloadError(HierpipeError):
+    """A source could not be downloaded (unreachable, HTTP error), as opposed to bad content."""
+
+
 log = logging.getLogger(__name__)
 
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
@@ -166,7 +171,7 @@ def download(
         except _TransientError as error:
             if attempt == retries:
                 kept = f" ({partial} is kept; a rerun resumes it)" if partial.is_file() else ""
-                raise HierpipeError(
+                raise DownloadError(
                     f"downloading {url} failed after {retries + 1} attempts: {error}{kept}"
                 ) from error
             delay = backoff * 2**attempt
@@ -215,13 +220,13 @@ def _stream(url: str, partial: Path, *, timeout: float, progress: bool, label: s
             return
         if error.code >= 500 or error.code in (408, 429):
             raise _TransientError(f"HTTP {error.code} {error.reason}") from error
-        raise HierpipeError(
+        raise DownloadError(
             f"downloading {url} failed: HTTP {error.code} {error.reason}"
         ) from error
     except (OSError, http.client.HTTPException) as error:
         reason = error.reason if isinstance(error, urllib.error.URLError) else error
         if urlsplit(url).scheme == "file":  # a missing local file does not come back on retry
-            raise HierpipeError(f"cannot read {url}: {reason}") from error
+            raise DownloadError(f"cannot read {url}: {reason}") from error
         raise _TransientError(str(reason)) from error
 
     with response:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from hierpipe.data.fetch import DownloadError
 from hierpipe.errors import HierpipeError
 
 OptionValue = str | int | float | bool
@@ -125,5 +126,11 @@ def prepare_dataset(
     options = parse_options(builder, overrides or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    builder.prepare(out_dir, options, source)
+    try:
+        builder.prepare(out_dir, options, source)
+    except DownloadError as error:
+        raise HierpipeError(
+            f"dataset {name!r}: {error}. Get its files from a mirror or by hand and pass "
+            f"--source (a URL, an archive or a directory; in params: datasets.{name}.source)"
+        ) from error
     return options

@@ -4,6 +4,7 @@ import json
 from hierpipe.plots.plan import FORMATS, figure_plan
 from hierpipe.config import (
     RUN_ID_PATTERN,
+    check_datasets_obtainable,
     check_params,
     grid,
     resolve_run_config,
@@ -11,8 +12,11 @@ from hierpipe.config import (
     split_config,
 )
 
-# Beyond the schema: dataset, loss and backbone names must exist, before any job starts.
+# Beyond the schema: dataset, loss and option names must exist, before any job starts, and
+# so must the files of datasets that cannot be downloaded (a dry run needs none).
 check_params(config)
+if not workflow.dryrun:
+    check_datasets_obtainable(config)
 
 RESULTS = f"results/{config['experiment']}"
 RUN_DIR = RESULTS + "/{dataset}/{run}"
@@ -29,9 +33,10 @@ wildcard_constraints:
 
 
 def run_config_json(wildcards):
-    """The resolved config of a run as JSON (Snakemake reruns a job when it changes)."""
+    """The resolved config of a run as JSON (Snakemake reruns a job when it changes); keys
+    in their order, not sorted: the order of split fractions decides the split."""
     resolved = resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run])
-    return json.dumps(resolved.to_dict(), sort_keys=True)
+    return json.dumps(resolved.to_dict())
 
 
 def split_file(wildcards):
