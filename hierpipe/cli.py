@@ -7,7 +7,6 @@ Bad input ends with one line, `hierpipe <verb>: error: <what and where>`, and ex
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -50,16 +49,16 @@ def _data_split(args: argparse.Namespace) -> None:
 
 
 def _config_run(args: argparse.Namespace) -> None:
-    from hierpipe.config import RunConfig, write_run_config
+    from hierpipe.config import RunConfig, json_mapping, write_run_config
 
-    config = RunConfig.from_dict(_json_mapping(args.json, "--json"), source="--json")
+    config = RunConfig.from_dict(json_mapping(args.json, "--json"), source="--json")
     write_run_config(config, args.out)
 
 
 def _config_experiment(args: argparse.Namespace) -> None:
-    from hierpipe.config import write_resolved_params
+    from hierpipe.config import json_mapping, write_resolved_params
 
-    write_resolved_params(_json_mapping(args.json, "--json"), args.out)
+    write_resolved_params(json_mapping(args.json, "--json"), args.out)
 
 
 def _tracking_start(args: argparse.Namespace) -> None:
@@ -145,16 +144,6 @@ def _where() -> str:
         system += f", build {release['BUILD_ID']}"
     place = f"in the container {image}" if image else "on the host"
     return f"{place} ({system}; Python {platform.python_version()}, {sys.executable})"
-
-
-def _json_mapping(text: str, flag: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise HierpipeError(f"{flag}: not valid JSON ({error})") from error
-    if not isinstance(value, dict):
-        raise HierpipeError(f"{flag}: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:

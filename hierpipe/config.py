@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -441,6 +442,17 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HierpipeError(f"{path}: expected a mapping of {what}")
     return data
+
+
+def json_mapping(text: str | bytes, what: str) -> dict[str, Any]:
+    """`text` parsed as a JSON object; anything else fails naming `what`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise HierpipeError(f"{what}: not valid JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise HierpipeError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

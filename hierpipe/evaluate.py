@@ -23,7 +23,7 @@ import torch
 
 from hierpipe.atomic import write_text_atomic
 from hierpipe.catalog import proxies_from_hierarchy
-from hierpipe.config import RunConfig
+from hierpipe.config import RunConfig, json_mapping
 from hierpipe.data import read_classes
 from hierpipe.embeddings import Embeddings, read_embeddings, read_representatives
 from hierpipe.errors import HierpipeError
@@ -309,10 +309,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise HierpipeError(f"{path}: metrics file not found")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise HierpipeError(f"{path}: not valid JSON ({error})") from error
+    document = json_mapping(path.read_text(), str(path))
     for key in ("run", "dataset", "model", "option", "seed", "trained", "metrics"):
         if key not in document:
             raise HierpipeError(f"{path}: missing key {key!r}")

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hierpipe.config import json_mapping
 from hierpipe.errors import HierpipeError
 from hierpipe.hierarchy import ClassTree
 from hierpipe.io import read_parquet, write_parquet_atomic
@@ -278,12 +279,7 @@ def read_split(path: str | Path, sample_ids: np.ndarray | None = None) -> tuple[
         raise HierpipeError(
             f"{path}: missing split description (schema metadata {SPLIT_METADATA_KEY.decode()!r})"
         )
-    try:
-        description = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise HierpipeError(f"{path}: split description is not valid JSON ({exc})") from exc
-    if not isinstance(description, dict):
-        raise HierpipeError(f"{path}: split description must be a JSON object")
+    description = json_mapping(raw, f"{path}: split description")
 
     if sample_ids is None:
         sample_ids = read_samples(path.parent.parent)["sample_id"].to_numpy()
