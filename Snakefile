@@ -33,13 +33,17 @@ validate_params(
 )
 
 
+# Known while parsing, unlike workflow.dryrun (set once the executor is chosen).
+DRY_RUN = workflow.output_settings.dryrun
+
+
 def workflow_image():
     """The image jobs run in under --use-singularity (None without it); a local image file
     that does not exist fails here, naming the command that builds it (a dry run needs none)."""
     if DeploymentMethod.APPTAINER not in workflow.deployment_settings.deployment_method:
         return None
     image = config["container"]
-    if "://" not in image and not Path(image).is_file() and not workflow.dryrun:
+    if "://" not in image and not Path(image).is_file() and not DRY_RUN:
         raise HierpipeError(
             f"container {image}: no such image file; build it with `apptainer build {image} "
             "docker/hierpipe.def` (or see docker/README.md), or set params' container"
@@ -58,7 +62,7 @@ container: config["container"]
 # once, before any job (in the image when jobs run in it); jobs find them through the
 # environment and log child runs.
 onstart:
-    start_workflow_run(workflow.basedir, config["experiment"], dry_run=workflow.dryrun, image=IMAGE)
+    start_workflow_run(workflow.basedir, config["experiment"], dry_run=DRY_RUN, image=IMAGE)
 
 
 onsuccess:

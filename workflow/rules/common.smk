@@ -15,7 +15,7 @@ from hierpipe.config import (
 # Beyond the schema: dataset, loss and option names must exist, before any job starts, and
 # so must the files of datasets that cannot be downloaded (a dry run needs none).
 check_params(config)
-if not workflow.dryrun:
+if not DRY_RUN:
     check_datasets_obtainable(config)
 
 RESULTS = f"results/{config['experiment']}"
