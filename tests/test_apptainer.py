@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY_PARAMS, write_yaml
+from mlflow import MlflowClient
 
 from hierpipe.tracking import sanitize_metric_name
-from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 

@@ -73,8 +73,7 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def finished_workflow(tmp_path_factory):
     """A bare `dvc repro` on a fresh repository: its one stage runs `snakemake --cores all` on
-    params/default.yaml, as the README's first command does; the papers' grids
-    (params/dvc.yaml) are not touched."""
+    params/default.yaml, as the README's first command does, and nothing else."""
     root = _dvc_project_copy(tmp_path_factory.mktemp("workflow"))
     result = dvc(root, "repro")
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
@@ -300,10 +299,10 @@ def test_dvc_reruns_only_what_a_changed_param_touches(finished_workflow):
 
 
 def test_a_paper_grid_without_its_hand_downloaded_dataset_stops_before_any_job(tmp_path):
-    """`dvc repro params/dvc.yaml:hier` offline, In-shop not prepared: one line naming the
-    dataset and how to get it, and no job has run (no dataset directory was made)."""
-    root = _dvc_project_copy(tmp_path)
-    result = dvc(root, "repro", "params/dvc.yaml:hier")
+    """HIER's grid, In-shop not prepared: one line naming the dataset and how to get it, and
+    no job has run (no dataset directory was made)."""
+    root = _workflow_copy(tmp_path)
+    result = snakemake(root, "--configfile", "params/hier.yaml")
     assert result.returncode != 0
     output = result.stdout + result.stderr
     line = next(line for line in output.splitlines() if "datasets.inshop" in line)
