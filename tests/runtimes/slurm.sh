@@ -409,7 +409,9 @@ start_cluster() {
   if [ ! -s "$DIR/munge/munge.key" ]; then
     (umask 077; dd if=/dev/urandom of="$DIR/munge/munge.key" bs=1024 count=1 status=none)
   fi
-  launch munged munged --foreground --key-file="$DIR/munge/munge.key" \
+  # --force: munged wants every directory above its socket open to all (pytest's
+  # /tmp/pytest-of-root is 0700); here every client runs as root and gets in anyway.
+  launch munged munged --foreground --force --key-file="$DIR/munge/munge.key" \
     --socket="$DIR/run/munge/munge.socket.2" --pid-file="$DIR/run/munged.pid" \
     --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed" --num-threads=4
   wait_ready munged "$DIR/log/munged.log" munge_ok
