@@ -11,7 +11,7 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version
 
-from hierpipe.config import validate_params
+from hierpipe.config import check_datasets_obtainable, validate_params
 from hierpipe.errors import HierpipeError
 from hierpipe.tracking import WorkflowImage, end_workflow_run, start_workflow_run
 
@@ -33,22 +33,22 @@ validate_params(
 )
 
 
-# Known while parsing, unlike workflow.dryrun (set once the executor is chosen).
-DRY_RUN = workflow.output_settings.dryrun
-
-
 def workflow_image():
-    """The image jobs run in under --use-singularity (None without it); a local image file
-    that does not exist fails here, naming the command that builds it (a dry run needs none)."""
+    """The image jobs run in under --use-singularity (None without it)."""
     if DeploymentMethod.APPTAINER not in workflow.deployment_settings.deployment_method:
         return None
-    image = config["container"]
-    if "://" not in image and not Path(image).is_file() and not DRY_RUN:
+    args = tuple(shlex.split(workflow.deployment_settings.apptainer_args))
+    return WorkflowImage(config["container"], args)
+
+
+def check_image(image):
+    """A local image file that does not exist fails, naming the command that builds it."""
+    if image is not None and "://" not in image.path and not Path(image.path).is_file():
         raise HierpipeError(
-            f"container {image}: no such image file; build it with `apptainer build {image} "
-            "docker/hierpipe.def` (or see docker/README.md), or set params' container"
+            f"container {image.path}: no such image file; build it with `apptainer build "
+            f"{image.path} docker/hierpipe.def` (or see docker/README.md), or set params' "
+            "container"
         )
-    return WorkflowImage(image, tuple(shlex.split(workflow.deployment_settings.apptainer_args)))
 
 
 IMAGE = workflow_image()
@@ -58,11 +58,14 @@ IMAGE = workflow_image()
 container: config["container"]
 
 
-# MLflow (hierpipe.tracking): the store, the experiment and one parent run are created here,
-# once, before any job (in the image when jobs run in it); jobs find them through the
-# environment and log child runs.
+# Before any job of a real run (not for dry runs, --list-rules, --unlock, ...): what jobs
+# would need and cannot get fails here, with one line, instead of at its first job. Then
+# MLflow (hierpipe.tracking): the store, the experiment and one parent run are created once
+# (in the image when jobs run in it); jobs find them through the environment.
 onstart:
-    start_workflow_run(workflow.basedir, config["experiment"], dry_run=DRY_RUN, image=IMAGE)
+    check_image(IMAGE)
+    check_datasets_obtainable(config)
+    start_workflow_run(workflow.basedir, config["experiment"], dry_run=workflow.dryrun, image=IMAGE)
 
 
 onsuccess:

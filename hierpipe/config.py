@@ -23,6 +23,10 @@ from hierpipe.atomic import write_text_atomic
 from hierpipe.errors import HierpipeError
 from hierpipe.questions import questions_from_params, statistics_settings
 
+# libyaml's safe loader where PyYAML was built with it: the same documents and refusals, and
+# the workflow parses its params and schema several times faster.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 RUN_ID_PATTERN = r"[a-z0-9_]+-[a-z0-9_]+-s[0-9]+"
 # The option set every params file has: training without any option.
 STANDARD_OPTION = "standard"
@@ -434,7 +438,7 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise HierpipeError(f"{path}: file not found (expected {what})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
     except yaml.YAMLError as error:
         raise HierpipeError(
             f"{path}: not valid YAML ({_yaml_problem(error)}); expected {what} as plain YAML"

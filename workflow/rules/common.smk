@@ -4,7 +4,6 @@ import json
 from hierpipe.plots.plan import FORMATS, figure_plan
 from hierpipe.config import (
     RUN_ID_PATTERN,
-    check_datasets_obtainable,
     check_params,
     grid,
     resolve_run_config,
@@ -12,11 +11,8 @@ from hierpipe.config import (
     split_config,
 )
 
-# Beyond the schema: dataset, loss and option names must exist, before any job starts, and
-# so must the files of datasets that cannot be downloaded (a dry run needs none).
+# Beyond the schema: dataset, loss and option names must exist, before any job starts.
 check_params(config)
-if not DRY_RUN:
-    check_datasets_obtainable(config)
 
 RESULTS = f"results/{config['experiment']}"
 RUN_DIR = RESULTS + "/{dataset}/{run}"
