@@ -5,6 +5,7 @@
 # .questions, .tracking, .plots.plan) imports no torch, timm, MLflow or UMAP, and Snakemake
 # puts this directory on sys.path. With --use-singularity every rule runs hierpipe in the
 # image of params' `container`; without it, on this machine (then hierpipe must be installed).
+import os
 import shlex
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from snakemake.utils import min_version
 
 from hierpipe.config import check_datasets_obtainable, validate_params
 from hierpipe.errors import HierpipeError
+from hierpipe.gpu_slots import SLURM_ALLOCATION, SLURM_JOB_ENV
 from hierpipe.tracking import WorkflowImage, end_workflow_run, start_workflow_run
 
 min_version("9.0")
@@ -53,6 +55,13 @@ def check_image(image):
 
 IMAGE = workflow_image()
 
+# In a SLURM job (the plugin runs Snakemake on the node) the container must see the job's
+# allocation, which --cleanenv would drop: hierpipe.gpu_slots then runs on exactly the GPUs
+# SLURM gave the job (and on none when it gave none).
+if IMAGE is not None and SLURM_JOB_ENV in os.environ:
+    for name in SLURM_ALLOCATION:
+        os.environ[f"APPTAINERENV_{name}"] = os.environ.get(name, "")
+
 
 # Every rule runs in this image under --use-singularity (all of them call hierpipe).
 container: config["container"]
@@ -81,6 +90,16 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+# On a cluster every job pays a scheduler's and a Snakemake's start-up (tens of seconds):
+# writing a config file or a table runs where Snakemake runs, and the jobs of one run
+# (train, embed, evaluate), of one dataset (prepare, split) and the figures each go out as
+# one cluster job (`group:` in the rules). Locally, groups change nothing.
+localrules:
+    run_config,
+    experiment_params,
+    aggregate,
 
 
 # Per-run metrics are targets too, so a deleted metrics.json is recomputed on the next run

@@ -9,7 +9,11 @@ ends, so a slot is freed even when the wrapper is killed.
 
 GPUs come from `HIERPIPE_GPUS` (comma-separated indices or UUIDs; empty = none), else from
 `nvidia-smi -L`. With no GPU, or when a batch scheduler has already set
-`CUDA_VISIBLE_DEVICES` (SLURM), the command runs with its environment untouched.
+`CUDA_VISIBLE_DEVICES`, the command runs with its environment untouched.
+
+Inside a SLURM job (`SLURM_JOB_ID` set) the allocation decides: the command sees exactly the
+GPUs SLURM gave the job (`CUDA_VISIBLE_DEVICES`; none when it gave none) and no lock file is
+taken, since the working directory is shared with jobs on other nodes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 GPUS_ENV = "HIERPIPE_GPUS"
+SLURM_JOB_ENV = "SLURM_JOB_ID"
+# What a SLURM job's container must see of its allocation: passed as APPTAINERENV_<NAME>,
+# which Apptainer sets even under --cleanenv (the Snakefile does it in each job's process)
+SLURM_ALLOCATION = ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")
 LOCK_DIR_ENV = "HIERPIPE_GPU_LOCK_DIR"
 DEFAULT_LOCK_DIR = Path(".snakemake/gpu-slots")
 DEVICE_VARIABLES = ("CUDA_VISIBLE_DEVICES", "APPTAINERENV_CUDA_VISIBLE_DEVICES")
@@ -79,6 +87,21 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def run_in_slurm_allocation(command: Sequence[str], environ: Mapping[str, str]) -> int:
+    """Run `command` on the GPUs SLURM allocated to the job `environ` describes."""
+    gpus = environ.get("CUDA_VISIBLE_DEVICES", "")
+    # a job step (srun, as the executor plugin runs jobs) names its GPUs as SLURM_STEP_GPUS
+    allocated = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS", "")
+    print(
+        f"hierpipe.gpu_slots: SLURM job {environ['SLURM_JOB_ID']} allocated GPUs "
+        f"[{allocated}], running on [{gpus}]",
+        file=sys.stderr,
+        flush=True,
+    )
+    devices = dict.fromkeys(DEVICE_VARIABLES, gpus)
+    return _exit_status(subprocess.run(command, env={**environ, **devices}).returncode)
+
+
 def run(command: Sequence[str], gpus: Sequence[str], lock_dir: Path) -> int:
     """Run `command` on one free GPU (or as it is, without GPUs); return its exit status."""
     if not gpus:
@@ -108,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         parser.error("no command given after --")
     try:
+        if SLURM_JOB_ENV in os.environ:
+            return run_in_slurm_allocation(command, os.environ)
         return run(command, detect_gpus(), args.lock_dir)
     except FileNotFoundError as error:
         print(f"hierpipe.gpu_slots: command not found: {error.filename}", file=sys.stderr)

@@ -14,21 +14,27 @@ with CI=true they fail instead: CI must run them.
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_PARAMS, write_yaml
+from conftest import TINY_PARAMS
 from mlflow import MlflowClient
+from real_runtimes import (
+    SYSTEM_PATH,
+    apptainer_args,
+    build_image,
+    host_environment,
+    host_virtualenv,
+    run_timed,
+    workflow_checkout,
+)
 
 from hierpipe.tracking import sanitize_metric_name
 
 pytestmark = pytest.mark.slow
 
-RUNTIMES = REPO / "tests/runtimes"
 # one run per kind of job the workflow has: classifier, training option, Poincaré + HIER, untrained
 RUNS = [
     {"model": "softmax"},
@@ -37,84 +43,36 @@ RUNS = [
     {"model": "random"},
 ]
 RUN_IDS = ["softmax-standard-s1", "proxydr-mds-s1", "pa_hier-standard-s1", "random-standard-s1"]
-PARAMS = {**TINY_PARAMS, "runs": RUNS}
-
-
-def _missing_requirement() -> str | None:
-    if os.geteuid() != 0:
-        return "a real Apptainer needs root here (it is installed from Debian packages)"
-    if not Path("/etc/debian_version").is_file() or shutil.which("apt-get") is None:
-        return "a real Apptainer is installed from Debian packages: needs Debian with apt-get"
-    if not (Path(sys.prefix) / "pyvenv.cfg").is_file():
-        return "the test image binds the tests' virtualenv: run the tests from a virtualenv"
-    return None
-
-
-def _run(command: list[str], what: str, timeout: int, **options) -> str:
-    started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
-    assert result.returncode == 0, f"{what} failed:\n{(result.stdout + result.stderr)[-5000:]}"
-    print(f"{what}: {time.monotonic() - started:.1f} s")
-    return result.stdout
+# each train and embed job asks for a GPU, of the two the jobs may share
+PARAMS = {**TINY_PARAMS, "runs": RUNS, "resources": {"training": {"gpus": 1}}}
 
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> Path:
-    missing = _missing_requirement()
-    if missing is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true, so the real Apptainer tests must run, but {missing}")
-        pytest.skip(missing)
-    _run(["bash", str(RUNTIMES / "install-apptainer.sh")], "installing Apptainer", 900)
-    sif = tmp_path_factory.mktemp("image") / "hierpipe-test.sif"
-    build = ["bash", str(RUNTIMES / "build-test-image.sh"), str(sif), sys.prefix]
-    _run(build, "building the test image", 1200)
-    return sif
+    return build_image(tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture(scope="module")
 def host_venv(tmp_path_factory) -> Path:
     """A virtualenv with workflow/host-requirements.txt alone: Snakemake, no hierpipe stack."""
-    venv = tmp_path_factory.mktemp("host") / "venv"
-    _run([sys._base_executable, "-m", "venv", str(venv)], "creating the host virtualenv", 120)
-    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q"]
-    _run([*pip, "-r", str(REPO / "workflow/host-requirements.txt")], "installing the host", 900)
-    for module in ("torch", "timm", "mlflow", "umap", "hierpipe"):
-        # -I: neither the working directory (a checkout has mlflow/ and hierpipe/) nor the
-        # environment on sys.path
-        probe = subprocess.run(
-            [str(venv / "bin/python"), "-I", "-c", f"import {module}"], capture_output=True
-        )
-        assert probe.returncode != 0, f"the host virtualenv should not have {module}"
-    return venv
-
-
-def _workflow(root: Path) -> Path:
-    """A checkout's workflow files and package, with the tiny params."""
-    root.mkdir(parents=True)
-    shutil.copy(REPO / "Snakefile", root / "Snakefile")
-    for folder in ("workflow", "params", "hierpipe"):
-        ignore = shutil.ignore_patterns("__pycache__")
-        shutil.copytree(REPO / folder, root / folder, ignore=ignore)
-    write_yaml(PARAMS, root / "params/tiny.yaml")
-    return root
+    return host_virtualenv(tmp_path_factory.mktemp("host") / "venv")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, image, host_venv) -> tuple[Path, Path]:
     """The tiny experiment in the image (from the Snakemake-only host) and on the host."""
     base = tmp_path_factory.mktemp("runs")
-    in_image, on_host = _workflow(base / "in_image"), _workflow(base / "on_host")
-    binds = " ".join(f"--bind {path}" for path in sorted({REPO, Path(sys.prefix).resolve()}))
+    in_image = workflow_checkout(base / "in_image", PARAMS)
+    on_host = workflow_checkout(base / "on_host", PARAMS)
     environ = {
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
         # the host virtualenv and the system, but not the tests' virtualenv: no hierpipe stack
-        "PATH": f"{host_venv / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": f"{host_venv / 'bin'}:{SYSTEM_PATH}",
         # the GPUs jobs may share, the one variable gpu_slots reads under --cleanenv
         "APPTAINERENV_HIERPIPE_GPUS": "0,1",
     }
-    _run(
+    run_timed(
         [
             str(host_venv / "bin/snakemake"),
             "--cores",
@@ -122,7 +80,7 @@ def runs(tmp_path_factory, image, host_venv) -> tuple[Path, Path]:
             "--resources",
             "gpu=2",
             "--use-singularity",
-            f"--apptainer-args=--cleanenv {binds}",
+            apptainer_args("--cleanenv"),
             "--configfile",
             "params/tiny.yaml",
             "--config",
@@ -133,17 +91,10 @@ def runs(tmp_path_factory, image, host_venv) -> tuple[Path, Path]:
         cwd=in_image,
         env=environ,
     )
-    host = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "--configfile",
-        "params/tiny.yaml",
-    ]
-    _run(command, "the tiny experiment on the host", 1500, cwd=on_host, env=host)
+    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    command += ["--configfile", "params/tiny.yaml"]
+    host = host_environment()
+    run_timed(command, "the tiny experiment on the host", 1500, cwd=on_host, env=host)
     return in_image, on_host
 
 

@@ -396,6 +396,28 @@ def test_without_gpus_the_environment_is_untouched(tmp_path):
     assert job.returncode == 0
 
 
+@pytest.mark.parametrize(("allocated", "seen"), [("1", "1"), (None, "")])
+def test_in_a_slurm_job_the_allocation_decides_and_no_slot_is_locked(tmp_path, allocated, seen):
+    """Two GPUs on the host, SLURM gave the job GPU 1 (or none): the command sees that and
+    only that, and no lock file is taken (the directory is shared by every node)."""
+    show = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'], end='')"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "SLURM_"))}
+    environ.update(HIERPIPE_GPUS="0,1", SLURM_JOB_ID="42")
+    if allocated is not None:
+        environ.update(CUDA_VISIBLE_DEVICES=allocated, SLURM_STEP_GPUS=allocated)
+    job = subprocess.run(
+        [*SLOTS, "--lock-dir", str(tmp_path / "locks"), "--", sys.executable, "-c", show],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert job.returncode == 0, job.stderr
+    assert job.stdout == seen
+    assert f"SLURM job 42 allocated GPUs [{allocated or ''}], running on [{seen}]" in job.stderr
+    assert not (tmp_path / "locks").exists()
+
+
 def test_child_sees_its_gpu_also_for_a_nested_apptainer(tmp_path):
     show = (
         "import os; print(os.environ['CUDA_VISIBLE_DEVICES'],"

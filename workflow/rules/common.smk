@@ -14,6 +14,21 @@ from hierpipe.config import (
 # Beyond the schema: dataset, loss and option names must exist, before any job starts.
 check_params(config)
 
+# What each job asks of this machine or the cluster (params' resources, the one place for
+# them): train and embed as `training`, every other job as `other`; a job runs with the
+# threads it asks for.
+TRAINING_THREADS = config["resources"]["training"]["threads"]
+TRAINING_RESOURCES = {
+    "gpu": config["resources"]["training"]["gpus"],
+    "mem_mb": config["resources"]["training"]["mem_mb"],
+    "runtime": config["resources"]["training"]["runtime"],
+}
+OTHER_THREADS = config["resources"]["other"]["threads"]
+OTHER_RESOURCES = {
+    "mem_mb": config["resources"]["other"]["mem_mb"],
+    "runtime": config["resources"]["other"]["runtime"],
+}
+
 RESULTS = f"results/{config['experiment']}"
 RUN_DIR = RESULTS + "/{dataset}/{run}"
 LOGS = f"logs/{config['experiment']}"

@@ -12,6 +12,11 @@ rule prepare_dataset:
         "logs/data/{dataset}/prepare.log",
     benchmark:
         "logs/benchmarks/data/{dataset}/prepare.tsv"
+    threads: OTHER_THREADS
+    resources:
+        **OTHER_RESOURCES,
+    group:
+        "data"
     shell:
         "hierpipe data prepare {wildcards.dataset} --out data/{wildcards.dataset}"
         " {params.source} {params.options} > {log} 2>&1"
@@ -30,6 +35,11 @@ rule split_dataset:
         "logs/data/{dataset}/split-{split}.log",
     benchmark:
         "logs/benchmarks/data/{dataset}/split-{split}.tsv"
+    threads: OTHER_THREADS
+    resources:
+        **OTHER_RESOURCES,
+    group:
+        "data"
     shell:
         "hierpipe data split data/{wildcards.dataset} --name {wildcards.split}"
         " --scheme {params.split.scheme} --seed {params.split.seed}"

@@ -44,6 +44,9 @@ rule aggregate:
         f"{LOGS}/aggregate.log",
     benchmark:
         f"{BENCHMARKS}/aggregate.tsv"
+    threads: OTHER_THREADS
+    resources:
+        **OTHER_RESOURCES,
     shell:
         "hierpipe aggregate {input.metrics} --params {input.params} --out-dir {RESULTS}"
         " --headline-out {output.headline} > {log} 2>&1"
@@ -70,7 +73,11 @@ for group in GROUPS:
             f"{LOGS}/figures/{group}.log",
         benchmark:
             f"{BENCHMARKS}/figures/{group}.tsv"
-        threads: 1
+        threads: OTHER_THREADS
+        resources:
+            **OTHER_RESOURCES,
+        group:
+            "figures"
         shell:
             "hierpipe figures --params {input.params} --results-dir {RESULTS}"
             " --group {params.group} > {log} 2>&1"

@@ -30,10 +30,12 @@ rule train:
         f"{LOGS}/{{dataset}}/{{run}}/train.log",
     benchmark:
         f"{BENCHMARKS}/{{dataset}}/{{run}}/train.tsv"
-    threads: 1
+    threads: TRAINING_THREADS
     resources:
-        gpu=1,
+        **TRAINING_RESOURCES,
     # gpu_slots pins the job to one free GPU of the host (none on CPU: the command runs as is)
+    group:
+        "run"
     shell:
         "python -m hierpipe.gpu_slots run --"
         " hierpipe train --config {input.config} --model-out {output.model}"

@@ -1,0 +1,91 @@
+"""Real runtimes for the tests: Apptainer, a test image, a host with Snakemake alone, and
+the workflow files of a checkout. tests/runtimes/ holds the scripts that set them up.
+
+They need root on Debian; elsewhere a test that uses them skips with the reason, and with
+CI=true it fails instead: CI must run them.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, write_yaml
+
+RUNTIMES = REPO / "tests/runtimes"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def require_real_runtimes() -> None:
+    """Skip (fail under CI=true) where the real runtimes cannot be set up."""
+    if os.geteuid() != 0:
+        missing = "the real runtimes need root here (they install from Debian packages)"
+    elif not Path("/etc/debian_version").is_file() or shutil.which("apt-get") is None:
+        missing = "the real runtimes install from Debian packages: needs Debian with apt-get"
+    elif not (Path(sys.prefix) / "pyvenv.cfg").is_file():
+        missing = "the test image binds the tests' virtualenv: run the tests from a virtualenv"
+    else:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true, so the real-runtime tests must run, but {missing}")
+    pytest.skip(missing)
+
+
+def run_timed(command: list[str], what: str, timeout: int, **options) -> str:
+    """Run `command`, fail showing its output unless it succeeds, print how long it took."""
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
+    assert result.returncode == 0, f"{what} failed:\n{(result.stdout + result.stderr)[-5000:]}"
+    print(f"{what}: {time.monotonic() - started:.1f} s")
+    return result.stdout
+
+
+def build_image(directory: Path) -> Path:
+    """A real Apptainer installed, and a test image that binds the tests' virtualenv."""
+    require_real_runtimes()
+    run_timed(["bash", str(RUNTIMES / "install-apptainer.sh")], "installing Apptainer", 900)
+    sif = directory / "hierpipe-test.sif"
+    build = ["bash", str(RUNTIMES / "build-test-image.sh"), str(sif), sys.prefix]
+    run_timed(build, "building the test image", 1200)
+    return sif
+
+
+def apptainer_args(*args: str) -> str:
+    """--apptainer-args that bind the repository and the tests' virtualenv into the image."""
+    binds = [f"--bind {path}" for path in sorted({REPO, Path(sys.prefix).resolve()})]
+    return "--apptainer-args=" + " ".join([*args, *binds])
+
+
+def host_virtualenv(venv: Path, *extra: str) -> Path:
+    """A virtualenv with workflow/host-requirements.txt (and `extra` packages) alone."""
+    run_timed([sys._base_executable, "-m", "venv", str(venv)], "creating a host virtualenv", 120)
+    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q"]
+    requirements = ["-r", str(REPO / "workflow/host-requirements.txt"), *extra]
+    run_timed([*pip, *requirements], "installing the host", 900)
+    for module in ("torch", "timm", "mlflow", "umap", "hierpipe"):
+        # -I: neither the working directory (a checkout has mlflow/ and hierpipe/) nor the
+        # environment on sys.path
+        probe = subprocess.run(
+            [str(venv / "bin/python"), "-I", "-c", f"import {module}"], capture_output=True
+        )
+        assert probe.returncode != 0, f"the host virtualenv should not have {module}"
+    return venv
+
+
+def workflow_checkout(root: Path, params: dict) -> Path:
+    """A checkout's workflow files and package, with `params` as params/tiny.yaml."""
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "Snakefile", root / "Snakefile")
+    for folder in ("workflow", "params", "hierpipe"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO / folder, root / folder, ignore=ignore)
+    write_yaml(params, root / "params/tiny.yaml")
+    return root
+
+
+def host_environment() -> dict[str, str]:
+    """The tests' environment with the tests' virtualenv first on PATH (a full install)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

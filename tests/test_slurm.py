@@ -1,0 +1,384 @@
+"""The workflow on a real one-node SLURM cluster, as a university cluster's user runs it.
+
+tests/runtimes/slurm.sh starts SLURM 22.05 with accounting (munge, MariaDB, slurmdbd,
+slurmctld, slurmd; two GPUs as gres backed by character devices that nothing opens), and
+tests/runtimes/postgres.sh a PostgreSQL for a real MLflow tracking server. The workflow runs
+from a virtualenv holding workflow/host-requirements.txt and the SLURM executor plugin, with
+a copy of workflow/profiles/slurm in which only the partition and the account are set (what
+README tells users to set), every job in the test image. Every daemon is stopped by PID.
+"""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, TINY_PARAMS
+from mlflow import MlflowClient
+from real_runtimes import (
+    RUNTIMES,
+    SYSTEM_PATH,
+    apptainer_args,
+    build_image,
+    host_environment,
+    host_virtualenv,
+    require_real_runtimes,
+    run_timed,
+    workflow_checkout,
+)
+
+from hierpipe.tracking import sanitize_metric_name
+
+pytestmark = pytest.mark.slow
+
+RUN_IDS = ["softmax-standard-s1", "proxydr-mds-s1", "pa_hier-standard-s1", "random-standard-s1"]
+PARAMS = {
+    **TINY_PARAMS,
+    "runs": [
+        {"model": "softmax"},
+        {"model": "proxydr", "options": ["mds"]},
+        {"model": "pa_hier"},
+        {"model": "random"},
+    ],
+    # what the jobs ask for: a GPU per train and embed job, little memory and time
+    "resources": {
+        "training": {"gpus": 1, "threads": 1, "mem_mb": 2000, "runtime": 15},
+        "other": {"threads": 1, "mem_mb": 2000, "runtime": 15},
+    },
+}
+
+
+def _experiment(name: str, **changes) -> dict:
+    params = copy.deepcopy(PARAMS)
+    params["experiment"] = name
+    params["runs"] = [{"model": "softmax"}]
+    for key, value in changes.items():
+        params[key] = {**params.get(key, {}), **value}
+    return params
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """SLURM up (four CPUs, so that only the two GPUs make a third GPU job wait); its env."""
+    require_real_runtimes()
+    # short: the daemons' Unix sockets live below it
+    directory = Path(tempfile.mkdtemp(prefix="hp-slurm-", dir="/tmp"))
+    script = ["bash", str(RUNTIMES / "slurm.sh")]
+    started = {**os.environ, "SLURMRT_CPUS": "4"}
+    run_timed([*script, "start", str(directory)], "starting SLURM", 600, env=started)
+    environ = {}
+    for line in (directory / "env").read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        environ[key] = os.path.expandvars(value.strip('"'))
+    try:
+        yield environ
+    finally:
+        run_timed([*script, "stop", str(directory)], "stopping SLURM", 300)
+
+
+@pytest.fixture(scope="module")
+def tracking_server():
+    """An MLflow server on 127.0.0.1 with a PostgreSQL backend; its URI."""
+    require_real_runtimes()
+    directory = Path(tempfile.mkdtemp(prefix="hp-pg-", dir="/tmp"))
+    script = ["bash", str(RUNTIMES / "postgres.sh")]
+    environ = {**os.environ, "PGRT_GRANT_TRAVERSE": "1"}
+    run_timed([*script, "start", str(directory), "15432"], "starting PostgreSQL", 300, env=environ)
+    # SQLAlchemy 2.1 makes plain postgresql:// mean psycopg 3: name the driver installed
+    backend = (directory / "uri").read_text().strip().replace("postgresql:", "postgresql+psycopg2:")
+    log = (directory / "mlflow-server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(directory / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "15000",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its uvicorn and huey workers go with it
+    )
+    uri = "http://127.0.0.1:15000"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, (directory / "mlflow-server.log").read_text()
+                assert time.monotonic() < deadline, "the MLflow server did not answer in 120 s"
+                time.sleep(1)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        run_timed([*script, "stop", str(directory)], "stopping PostgreSQL", 120)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    return build_image(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="module")
+def host_venv(tmp_path_factory) -> Path:
+    """Snakemake and the SLURM executor plugin, nothing of hierpipe's stack."""
+    venv = tmp_path_factory.mktemp("host") / "venv"
+    return host_virtualenv(venv, "snakemake-executor-plugin-slurm")
+
+
+def _copy_profile(root: Path) -> str:
+    """workflow/profiles/slurm with the site settings README tells users to set."""
+    shipped = (REPO / "workflow/profiles/slurm/config.yaml").read_text()
+    settings = (
+        "# default-resources:\n#   slurm_partition: <your partition>\n"
+        "#   slurm_account: <your account>\n"
+    )
+    assert settings in shipped
+    mine = "default-resources:\n  slurm_partition: main\n  slurm_account: root\n"
+    (root / "my-slurm-profile").mkdir()
+    (root / "my-slurm-profile/config.yaml").write_text(shipped.replace(settings, mine))
+    return "my-slurm-profile"
+
+
+def _on_cluster(root, cluster, host_venv, image, *args, tracking_uri=None, **popen):
+    """README's SLURM command from the host virtualenv, the test image bound to the tests'
+    virtualenv; a Popen."""
+    environ = {
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "SLURM_CONF": cluster["SLURM_CONF"],
+        "PATH": f"{host_venv / 'bin'}:{cluster['SLURMRT_BIN']}:{SYSTEM_PATH}",
+    }
+    if tracking_uri is not None:
+        environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    command = [
+        str(host_venv / "bin/snakemake"),
+        *args,
+        "--profile",
+        _copy_profile(root),
+        apptainer_args("--nv", "--cleanenv"),
+        "--configfile",
+        "params/tiny.yaml",
+        "--config",
+        f"container={image}",
+    ]
+    return subprocess.Popen(command, cwd=root, env=environ, text=True, **popen)
+
+
+def _finish(job: subprocess.Popen, timeout: int = 1200) -> tuple[int, str]:
+    output = job.communicate(timeout=timeout)[0]
+    return job.returncode, output
+
+
+def _sacct(cluster: dict, since: str) -> list[dict[str, str]]:
+    fields = ["JobID", "State", "Start", "End", "ExitCode"]
+    listing = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-S", since, f"--format={','.join(fields)}"],
+        env={
+            **os.environ,
+            "SLURM_CONF": cluster["SLURM_CONF"],
+            "PATH": f"{cluster['SLURMRT_BIN']}:{os.environ['PATH']}",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [dict(zip(fields, line.split("|"), strict=True)) for line in listing.splitlines()]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cluster, tracking_server, host_venv, image) -> dict:
+    """The tiny experiment through SLURM (logging to the tracking server) and locally."""
+    base = tmp_path_factory.mktemp("runs")
+    on_cluster = workflow_checkout(base / "on_cluster", PARAMS)
+    local = workflow_checkout(base / "local", PARAMS)
+    since = _now()
+    started = time.monotonic()
+    job = _on_cluster(
+        on_cluster,
+        cluster,
+        host_venv,
+        image,
+        tracking_uri=tracking_server,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    returncode, output = _finish(job)
+    assert returncode == 0, output[-5000:]
+    cluster_seconds = time.monotonic() - started
+    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    command += ["--configfile", "params/tiny.yaml"]
+    started = time.monotonic()
+    run_timed(command, "the tiny experiment locally", 1200, cwd=local, env=host_environment())
+    local_seconds = time.monotonic() - started
+    print(
+        f"tiny experiment: {cluster_seconds:.1f} s through SLURM, {local_seconds:.1f} s "
+        f"locally ({cluster_seconds / local_seconds:.2f}x)"
+    )
+    return {"cluster": on_cluster, "local": local, "since": since}
+
+
+def test_every_job_completed_and_the_results_equal_a_local_run(runs, cluster):
+    jobs = _sacct(cluster, runs["since"])
+    # one cluster job per dataset, per run (train, embed, evaluate) and for the figures;
+    # writing configs and tables ran where Snakemake ran
+    assert len(jobs) == 1 + len(RUN_IDS) + 1, jobs
+    assert {job["State"] for job in jobs} == {"COMPLETED"}, jobs
+    compared = [f"results/tiny/shapes/{run}/metrics.json" for run in RUN_IDS]
+    compared += [f"results/tiny/summary.{extension}" for extension in ("md", "csv", "parquet")]
+    for name in compared:
+        assert (runs["cluster"] / name).read_bytes() == (runs["local"] / name).read_bytes(), name
+
+
+def test_each_job_ran_in_the_image_on_the_gpus_slurm_gave_it(runs, cluster, image):
+    root = runs["cluster"]
+    for log in (root / "logs").rglob("*.log"):
+        if log.name not in ("config.log", "params.log", "aggregate.log"):  # local rules
+            assert f"in the container {image} (" in log.read_text(), log
+    used = {}
+    for run in RUN_IDS:
+        for step in ("train", "embed"):
+            text = (root / f"logs/tiny/shapes/{run}/{step}.log").read_text()
+            line = next(line for line in text.splitlines() if "allocated GPUs" in line)
+            job_id, allocated, running = _parse_gpu_line(line)
+            assert allocated == running and running in ("0", "1"), line
+            assert used.setdefault(job_id, running) == running  # one job: train, then embed
+    spans = {job["JobID"]: (job["Start"], job["End"]) for job in _sacct(cluster, runs["since"])}
+    for first in used:
+        for second in used:
+            overlap = spans[first][0] < spans[second][1] and spans[second][0] < spans[first][1]
+            if first < second and overlap:
+                assert used[first] != used[second], (first, second, used)
+    assert not (root / ".snakemake/gpu-slots").exists()  # no lock files on the shared disk
+
+
+def _parse_gpu_line(line: str) -> tuple[str, str, str]:
+    # "hierpipe.gpu_slots: SLURM job 4 allocated GPUs [0], running on [0]"
+    words = line.split()
+    job_id = words[words.index("job") + 1]
+    allocated = line.split("allocated GPUs [")[1].split("]")[0]
+    running = line.split("running on [")[1].split("]")[0]
+    return job_id, allocated, running
+
+
+def test_the_tracking_server_holds_every_run_finished_with_its_metrics(runs, tracking_server):
+    client = MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name("tiny")
+    everything = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in everything if "mlflow.parentRunId" not in run.data.tags]
+    assert parent.info.status == "FINISHED"
+    children = {run.info.run_name: run for run in everything if run is not parent}
+    assert set(children) == {f"shapes/{run}/{s}" for run in RUN_IDS for s in ("train", "evaluate")}
+    for name, child in children.items():
+        assert child.info.status == "FINISHED", name
+        if name.endswith("/evaluate"):
+            metrics = runs["cluster"] / f"results/tiny/shapes/{name.split('/')[1]}/metrics.json"
+            measures = {
+                sanitize_metric_name(key): value
+                for key, value in json.loads(metrics.read_text())["metrics"].items()
+                if value is not None
+            }
+            assert child.data.metrics == pytest.approx(measures, nan_ok=True), name
+
+
+def _model(root: Path, experiment: str) -> dict:
+    path = root / f"results/{experiment}/shapes/softmax-standard-s1/model.pt"
+    return torch.load(path, weights_only=True)["net"]
+
+
+def test_a_cancelled_training_job_is_retried_and_resumes_bitwise(
+    tmp_path, cluster, host_venv, image
+):
+    params = _experiment("tiny_cancel", train={"epochs": 40})
+    reference = workflow_checkout(tmp_path / "reference", params)
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile"]
+    environ = {**host_environment(), "HIERPIPE_MLFLOW": "0"}
+    run_timed([*command, "params/tiny.yaml"], "uninterrupted", 900, cwd=reference, env=environ)
+
+    root = workflow_checkout(tmp_path / "cancelled", params)
+    since = _now()
+    job = _on_cluster(
+        root,
+        cluster,
+        host_venv,
+        image,
+        "--retries",
+        "1",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    checkpoint = root / "results/tiny_cancel/shapes/softmax-standard-s1/checkpoint/last.pt"
+    while not checkpoint.exists():
+        assert job.poll() is None, "the workflow ended before training wrote a checkpoint"
+        time.sleep(0.1)
+    slurm = {
+        **os.environ,
+        "SLURM_CONF": cluster["SLURM_CONF"],
+        "PATH": f"{cluster['SLURMRT_BIN']}:{os.environ['PATH']}",
+    }
+    running = subprocess.run(
+        ["squeue", "-h", "-t", "RUNNING", "-o", "%i"], env=slurm, capture_output=True, text=True
+    ).stdout.split()
+    assert len(running) == 1, running
+    subprocess.run(["scancel", running[0]], env=slurm, check=True)
+    returncode, output = _finish(job)
+    assert returncode == 0, output[-5000:]
+    assert "Trying to restart job" in output
+    log = (root / "logs/tiny_cancel/shapes/softmax-standard-s1/train.log").read_text()
+    assert "resuming after epoch" in log
+    states = {job["JobID"]: job["State"] for job in _sacct(cluster, since)}
+    assert states[running[0]].startswith("CANCELLED"), states
+    model, expected = _model(root, "tiny_cancel"), _model(reference, "tiny_cancel")
+    assert model.keys() == expected.keys()
+    assert all(torch.equal(model[key], expected[key]) for key in model)
+
+
+def test_a_job_that_fails_ends_the_workflow_naming_its_log(tmp_path, cluster, host_venv, image):
+    params = _experiment("tiny_fail", backbone={"name": "resnet9000"})
+    root = workflow_checkout(tmp_path / "failing", params)
+    returncode, output = _finish(
+        _on_cluster(
+            root, cluster, host_venv, image, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    )
+    assert returncode != 0
+    log = "logs/tiny_fail/shapes/softmax-standard-s1/train.log"
+    assert log in output, output[-5000:]
+    assert "backbone.name 'resnet9000' is not a timm model name" in (root / log).read_text()
+
+
+def test_asking_more_than_the_partition_has_fails_at_submission(
+    tmp_path, cluster, host_venv, image
+):
+    params = _experiment("tiny_big", resources={"training": {"gpus": 1, "mem_mb": 10_000_000}})
+    root = workflow_checkout(tmp_path / "too_big", params)
+    returncode, output = _finish(
+        _on_cluster(
+            root, cluster, host_venv, image, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    )
+    assert returncode != 0
+    assert "Memory specification can not be satisfied" in output, output[-5000:]
+    assert not (root / "results/tiny_big/shapes/softmax-standard-s1/model.pt").exists()
