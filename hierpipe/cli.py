@@ -22,9 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
     logging.getLogger("hierpipe").info("hierpipe %s %s", args.verb, _where())
     if getattr(args, "threads", None):
-        import torch  # only the verbs that compute take --threads
-
-        torch.set_num_threads(args.threads)
+        _limit_threads(args.threads)
     try:
         args.handler(args)
     except HierpipeError as error:
@@ -131,6 +129,29 @@ def _ui(args: argparse.Namespace) -> None:
         raise HierpipeError(f"mlflow ui exited with status {status}")
 
 
+# Thread pools read these when their library is imported, which no verb has done yet.
+_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
+
+
+def _limit_threads(threads: int) -> None:
+    """Run on `threads` CPU threads (a cluster job's allocation), in every thread pool."""
+    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, str(threads)))
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads of every thread pool (torch, BLAS, numba)"
+    )
+
+
 def _where() -> str:
     """Where this command runs, for the job's log: in which container (Apptainer names its
     image in APPTAINER_CONTAINER) or on the host, on which system, with which Python."""
@@ -173,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--option", action="append", metavar="KEY=VALUE", help="a builder option (repeatable)"
     )
+    _add_threads(prepare)
     prepare.set_defaults(handler=_data_prepare, verb="data prepare")
     split = data_verbs.add_parser("split", help="write a deterministic split of a dataset")
     split.add_argument("root", help="dataset directory (with samples.parquet)")
@@ -187,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
         "--fractions", required=True, metavar="SUBSET=F,...", help="e.g. train=0.6,val=0.2,test=0.2"
     )
     split.add_argument("--seed", type=int, required=True)
+    _add_threads(split)
     split.set_defaults(handler=_data_split, verb="data split")
 
     config = verbs.add_parser("config", help="write resolved settings (the workflow's first jobs)")
@@ -223,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--model-out", required=True, help="model.pt to write")
     train.add_argument("--log-out", required=True, help="per-epoch log (Parquet) to write")
     train.add_argument("--checkpoint-dir", required=True, help="where resumable state lives")
-    train.add_argument("--threads", type=int, help="CPU threads for torch")
+    _add_threads(train)
     train.set_defaults(handler=_train, verb="train")
 
     embed = verbs.add_parser("embed", help="export embeddings and class representatives")
@@ -231,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--embeddings-out", required=True)
     embed.add_argument("--representatives-out", required=True)
     embed.add_argument("--batch-size", type=int, default=256)
-    embed.add_argument("--threads", type=int, help="CPU threads for torch")
+    _add_threads(embed)
     embed.set_defaults(handler=_embed, verb="embed")
 
     evaluate = verbs.add_parser("evaluate", help="compute every measure into metrics.json")
@@ -239,7 +262,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--embeddings", required=True)
     evaluate.add_argument("--representatives", required=True)
     evaluate.add_argument("--out", required=True, help="metrics.json to write")
-    evaluate.add_argument("--threads", type=int, help="CPU threads for torch")
+    _add_threads(evaluate)
     evaluate.set_defaults(handler=_evaluate, verb="evaluate")
 
     aggregate = verbs.add_parser("aggregate", help="summary tables over runs and seeds")
@@ -255,6 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     aggregate.add_argument(
         "--headline-out", help="also write the headline means as JSON (DVC's metrics file)"
     )
+    _add_threads(aggregate)
     aggregate.set_defaults(handler=_aggregate, verb="aggregate")
 
     from hierpipe.plots.plan import GROUPS
@@ -267,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     figures.add_argument(
         "--group", choices=GROUPS, help="draw only this group of figures (default: all)"
     )
+    _add_threads(figures)
     figures.set_defaults(handler=_figures, verb="figures")
 
     ui = verbs.add_parser(

@@ -89,3 +89,20 @@ def workflow_checkout(root: Path, params: dict) -> Path:
 def host_environment() -> dict[str, str]:
     """The tests' environment with the tests' virtualenv first on PATH (a full install)."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+# The site settings README tells SLURM users to set in their copy of the profile
+SLURM_SITE_SETTINGS = (
+    "# default-resources:\n#   slurm_partition: <your partition>\n"
+    "#   slurm_account: <your account>\n"
+)
+
+
+def slurm_profile_copy(root: Path, partition: str, account: str) -> str:
+    """workflow/profiles/slurm copied into `root` with the partition and account set."""
+    shipped = (REPO / "workflow/profiles/slurm/config.yaml").read_text()
+    assert SLURM_SITE_SETTINGS in shipped, "the shipped profile no longer has its site settings"
+    mine = f"default-resources:\n  slurm_partition: {partition}\n  slurm_account: {account}\n"
+    (root / "my-slurm-profile").mkdir()
+    (root / "my-slurm-profile/config.yaml").write_text(shipped.replace(SLURM_SITE_SETTINGS, mine))
+    return "my-slurm-profile"

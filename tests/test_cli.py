@@ -1,5 +1,6 @@
 """The `hierpipe` command: help for every verb, one-line errors, nothing partial left behind."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,21 @@ def test_empty_class_stops_the_split_and_writes_nothing(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("hierpipe data split: error:")
     assert "empty class" in result.stderr and "5 'circle-striped-small_tilted'" in result.stderr
     assert not (root / "splits").exists()
+
+
+def test_threads_limit_every_thread_pool(monkeypatch):
+    """A cluster job's allocation: torch, BLAS and numba all run on `--threads` threads."""
+    import torch
+
+    from hierpipe.cli import _limit_threads
+
+    before = torch.get_num_threads()
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        _limit_threads(1)
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["NUMBA_NUM_THREADS"] == "1"
+        assert os.environ["OPENBLAS_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)

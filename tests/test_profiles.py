@@ -89,15 +89,20 @@ def test_kubernetes_profile_dry_run(tmp_path):
     _assert_whole_default_grid(_dry_run(_workflow_copy(root), "kubernetes", *storage))
 
 
-def test_profiles_cap_and_place_gpu_jobs():
+def test_profiles_carry_site_settings_and_no_job_resources():
     gpu = _profile("gpu")
-    # one value containing a space: a bare "--nv" is taken for an option (S3)
+    # one value containing a space: a bare "--nv" is taken for an option
     assert set(gpu["apptainer-args"].split()) >= {"--nv", "--cleanenv"}
+    # the host's GPUs: without a cap, `gpu=1` jobs all start at once
     assert any(cap.startswith("gpu=") for cap in gpu["resources"])
     assert gpu["software-deployment-method"] == "apptainer"
-    for name in ("slurm", "kubernetes"):
-        for rule in ("train", "embed"):
-            assert _profile(name)["set-resources"][rule]["gpu"] == 1
-    assert _profile("kubernetes")["set-resources"]["train"]["gpu_manufacturer"] == "nvidia"
+    # what a job asks for is params' `resources`, the one place for it
+    assert "set-resources" not in _profile("slurm") and "set-threads" not in _profile("slurm")
+    assert "default-resources" not in _profile("slurm")  # partition and account: yours to set
+    assert _profile("kubernetes")["set-resources"] == {
+        rule: {"gpu_manufacturer": "nvidia"} for rule in ("train", "embed")
+    }
     for name in ("gpu", "slurm", "kubernetes"):
         assert _profile(name)["max-checksum-file-size"] == "10MB"
+    rules = "".join(path.read_text() for path in (REPO / "workflow/rules").glob("*.smk"))
+    assert "gpu=" not in rules and "threads: 1" not in rules

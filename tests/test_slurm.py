@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_PARAMS
+from conftest import TINY_PARAMS
 from mlflow import MlflowClient
 from real_runtimes import (
     RUNTIMES,
@@ -32,6 +32,7 @@ from real_runtimes import (
     host_virtualenv,
     require_real_runtimes,
     run_timed,
+    slurm_profile_copy,
     workflow_checkout,
 )
 
@@ -144,20 +145,6 @@ def host_venv(tmp_path_factory) -> Path:
     return host_virtualenv(venv, "snakemake-executor-plugin-slurm")
 
 
-def _copy_profile(root: Path) -> str:
-    """workflow/profiles/slurm with the site settings README tells users to set."""
-    shipped = (REPO / "workflow/profiles/slurm/config.yaml").read_text()
-    settings = (
-        "# default-resources:\n#   slurm_partition: <your partition>\n"
-        "#   slurm_account: <your account>\n"
-    )
-    assert settings in shipped
-    mine = "default-resources:\n  slurm_partition: main\n  slurm_account: root\n"
-    (root / "my-slurm-profile").mkdir()
-    (root / "my-slurm-profile/config.yaml").write_text(shipped.replace(settings, mine))
-    return "my-slurm-profile"
-
-
 def _on_cluster(root, cluster, host_venv, image, *args, tracking_uri=None, **popen):
     """README's SLURM command from the host virtualenv, the test image bound to the tests'
     virtualenv; a Popen."""
@@ -173,7 +160,7 @@ def _on_cluster(root, cluster, host_venv, image, *args, tracking_uri=None, **pop
         str(host_venv / "bin/snakemake"),
         *args,
         "--profile",
-        _copy_profile(root),
+        slurm_profile_copy(root, cluster["SLURMRT_PARTITION"], cluster["SLURMRT_ACCOUNT"]),
         apptainer_args("--nv", "--cleanenv"),
         "--configfile",
         "params/tiny.yaml",
@@ -369,16 +356,36 @@ def test_a_job_that_fails_ends_the_workflow_naming_its_log(tmp_path, cluster, ho
     assert "backbone.name 'resnet9000' is not a timm model name" in (root / log).read_text()
 
 
-def test_asking_more_than_the_partition_has_fails_at_submission(
-    tmp_path, cluster, host_venv, image
-):
+@pytest.fixture(scope="module")
+def too_big(tmp_path_factory, cluster, host_venv, image) -> tuple[Path, int, str, list]:
+    """A training job asking for more memory than the node has: the workflow's output."""
     params = _experiment("tiny_big", resources={"training": {"gpus": 1, "mem_mb": 10_000_000}})
-    root = workflow_checkout(tmp_path / "too_big", params)
+    root = workflow_checkout(tmp_path_factory.mktemp("too_big") / "workflow", params)
+    since = _now()
     returncode, output = _finish(
         _on_cluster(
             root, cluster, host_venv, image, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
     )
+    return root, returncode, output, _sacct(cluster, since)
+
+
+def test_asking_more_than_the_partition_has_fails_at_submission(too_big):
+    root, returncode, output, jobs = too_big
     assert returncode != 0
-    assert "Memory specification can not be satisfied" in output, output[-5000:]
+    assert "Error in group run" in output, output[-5000:]
+    # the data job ran; sbatch refused the run's job, which SLURM records as FAILED, unstarted
+    started = [job for job in jobs if job["Start"] not in ("", "None", "Unknown")]
+    assert [job["State"] for job in started] == ["COMPLETED"], jobs
+    assert {job["State"] for job in jobs if job not in started} <= {"FAILED"}, jobs
     assert not (root / "results/tiny_big/shapes/softmax-standard-s1/model.pt").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Snakemake 9.27 drops the executor's message for a group job (GroupJob.log_error "
+    "ignores msg), and each run's train, embed and evaluate go out as one group job",
+)
+def test_asking_more_than_the_partition_has_shows_slurms_message(too_big):
+    _, _, output, _ = too_big
+    assert "Memory specification can not be satisfied" in output

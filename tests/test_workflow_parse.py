@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_PARAMS, write_yaml
 
 # hierpipe's heavy dependencies; snakemake itself needs none of them
 BLOCKED = (
@@ -94,3 +94,59 @@ def test_a_missing_image_stops_the_workflow_naming_it_and_its_build_command(tmp_
     assert "no such image file; build it with `apptainer build " in line
     assert "docker/hierpipe.def" in line
     assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow").exists()
+
+
+def _job_blocks(dry_run: str) -> dict[str, list[str]]:
+    """rule name -> the `threads:` and `resources:` lines of each of its jobs in a dry run."""
+    blocks: dict[str, list[str]] = {}
+    rule = None
+    for line in dry_run.splitlines():
+        words = line.strip().split()
+        if words[:1] in (["rule"], ["localrule"]) and line.rstrip().endswith(":"):
+            rule = words[1].rstrip(":")
+            blocks.setdefault(rule, [])
+        elif rule and line.strip().startswith(("threads:", "resources:")):
+            blocks[rule].append(line.strip())
+    return blocks
+
+
+def test_what_jobs_ask_for_comes_from_params(tmp_path):
+    for name in ("Snakefile", "workflow"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, tmp_path / name)
+    params = {
+        **TINY_PARAMS,
+        "runs": [{"model": "softmax"}],
+        "resources": {
+            "training": {"gpus": 1, "threads": 3, "mem_mb": 1234, "runtime": 7},
+            "other": {"threads": 2, "mem_mb": 555, "runtime": 3},
+        },
+    }
+    write_yaml(params, tmp_path / "params/tiny.yaml")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--cores",
+            "4",
+            "--configfile",
+            "params/tiny.yaml",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks = _job_blocks(result.stdout)
+    for rule in ("train", "embed"):
+        threads, resources = blocks[rule]
+        assert threads == "threads: 3"
+        assert "gpu=1" in resources and "mem_mb=1234" in resources and "runtime=7" in resources
+    for rule in ("prepare_dataset", "split_dataset", "evaluate", "figures_maps", "aggregate"):
+        lines = blocks[rule]
+        assert "threads: 2" in lines, (rule, lines)
+        (resources,) = [line for line in lines if line.startswith("resources:")]
+        assert "mem_mb=555" in resources and "runtime=3" in resources and "gpu" not in resources

@@ -19,7 +19,7 @@ rule prepare_dataset:
         "data"
     shell:
         "hierpipe data prepare {wildcards.dataset} --out data/{wildcards.dataset}"
-        " {params.source} {params.options} > {log} 2>&1"
+        " {params.source} {params.options} --threads {threads} > {log} 2>&1"
 
 
 rule split_dataset:
@@ -44,4 +44,4 @@ rule split_dataset:
         "hierpipe data split data/{wildcards.dataset} --name {wildcards.split}"
         " --scheme {params.split.scheme} --seed {params.split.seed}"
         " --fractions {params.split.fractions_arg} {params.predefined}"
-        " > {log} 2>&1"
+        " --threads {threads} > {log} 2>&1"

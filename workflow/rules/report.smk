@@ -49,7 +49,7 @@ rule aggregate:
         **OTHER_RESOURCES,
     shell:
         "hierpipe aggregate {input.metrics} --params {input.params} --out-dir {RESULTS}"
-        " --headline-out {output.headline} > {log} 2>&1"
+        " --headline-out {output.headline} --threads {threads} > {log} 2>&1"
 
 
 for group in GROUPS:
@@ -80,4 +80,4 @@ for group in GROUPS:
             "figures"
         shell:
             "hierpipe figures --params {input.params} --results-dir {RESULTS}"
-            " --group {params.group} > {log} 2>&1"
+            " --group {params.group} --threads {threads} > {log} 2>&1"
