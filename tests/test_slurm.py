@@ -374,10 +374,13 @@ def test_asking_more_than_the_partition_has_fails_at_submission(too_big):
     root, returncode, output, jobs = too_big
     assert returncode != 0
     assert "Error in group run" in output, output[-5000:]
-    # the data job ran; sbatch refused the run's job, which SLURM records as FAILED, unstarted
-    started = [job for job in jobs if job["Start"] not in ("", "None", "Unknown")]
-    assert [job["State"] for job in started] == ["COMPLETED"], jobs
-    assert {job["State"] for job in jobs if job not in started} <= {"FAILED"}, jobs
+    # the data job ran; sbatch refused the run's job, which SLURM records as FAILED at once
+    data, refused = jobs
+    assert data["State"] == "COMPLETED" and refused["State"] == "FAILED", jobs
+    assert refused["Start"] == refused["End"], refused
+    # and nothing of it ran: hierpipe wrote nothing to its log
+    log = root / "logs/tiny_big/shapes/softmax-standard-s1/train.log"
+    assert not log.exists() or "[hierpipe]" not in log.read_text()
     assert not (root / "results/tiny_big/shapes/softmax-standard-s1/model.pt").exists()
 
 
