@@ -22,9 +22,10 @@ BENCHMARKS = (
     "data_loader",
     "retrieval_scale",
     "pipeline_walltime",
+    "slurm_overhead",
 )
 # lines that state whether a target was met
-VERDICTS = ("within", "at least", "faster", "under 4 GB", "same")
+VERDICTS = ("within", "at least", "faster", "under 4 GB", "same", "local wall time")
 
 
 def main() -> None:
