@@ -98,8 +98,7 @@ def run_in_slurm_allocation(command: Sequence[str], environ: Mapping[str, str]) 
         file=sys.stderr,
         flush=True,
     )
-    devices = dict.fromkeys(DEVICE_VARIABLES, gpus)
-    return _exit_status(subprocess.run(command, env={**environ, **devices}).returncode)
+    return _run_on(command, environ, gpus)
 
 
 def run(command: Sequence[str], gpus: Sequence[str], lock_dir: Path) -> int:
@@ -108,8 +107,13 @@ def run(command: Sequence[str], gpus: Sequence[str], lock_dir: Path) -> int:
         return _exit_status(subprocess.run(command, check=False).returncode)
     with acquire_slot(gpus, lock_dir) as gpu:
         print(f"hierpipe.gpu_slots: running on GPU {gpu}", file=sys.stderr, flush=True)
-        environ = {**os.environ, **dict.fromkeys(DEVICE_VARIABLES, gpu)}
-        return _exit_status(subprocess.run(command, env=environ, check=False).returncode)
+        return _run_on(command, os.environ, gpu)
+
+
+def _run_on(command: Sequence[str], environ: Mapping[str, str], gpus: str) -> int:
+    """Run `command` seeing `gpus` alone (also through a nested apptainer); its exit status."""
+    devices = dict.fromkeys(DEVICE_VARIABLES, gpus)
+    return _exit_status(subprocess.run(command, env={**environ, **devices}, check=False).returncode)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
