@@ -15,6 +15,7 @@ from snakemake.utils import min_version
 from hierpipe.config import check_datasets_obtainable, validate_params
 from hierpipe.errors import HierpipeError
 from hierpipe.gpu_slots import SLURM_ALLOCATION, SLURM_JOB_ENV
+from hierpipe.slurm_requests import SlurmRequest, check_requests
 from hierpipe.tracking import WorkflowImage, end_workflow_run, start_workflow_run
 
 min_version("9.0")
@@ -63,17 +64,49 @@ if IMAGE is not None and SLURM_JOB_ENV in os.environ:
         os.environ[f"APPTAINERENV_{name}"] = os.environ.get(name, "")
 
 
+def slurm_requests():
+    """What each job the SLURM executor will submit asks for: a group job's as Snakemake
+    computes it (runtime summed over its jobs, the rest the largest of them)."""
+    seen_groups = set()
+    for job in workflow.dag.needrun_jobs():
+        group = workflow.dag.get_job_group(job)
+        if job.is_local or group in seen_groups:
+            continue
+        if group is None:
+            submitted, jobs = job, f"rule {job.rule.name}"
+        else:
+            seen_groups.add(group)
+            group.finalize()  # orders its jobs, which its resources need; idempotent
+            rules = ", ".join(sorted({member.rule.name for member in group.jobs}))
+            submitted, jobs = group, f"group {group.groupid} ({rules})"
+        resources = submitted.resources
+        yield SlurmRequest(
+            jobs=jobs,
+            cpus=resources.get("cpus_per_task") or submitted.threads,
+            gpus=resources.get("gpu") or 0,
+            mem_mb=resources.get("mem_mb"),
+            runtime_minutes=resources.get("runtime"),
+            partition=resources.get("slurm_partition"),
+            account=resources.get("slurm_account"),
+            qos=resources.get("qos"),
+            constraint=resources.get("constraint"),
+        )
+
+
 # Every rule runs in this image under --use-singularity (all of them call hierpipe).
 container: config["container"]
 
 
 # Before any job of a real run (not for dry runs, --list-rules, --unlock, ...): what jobs
-# would need and cannot get fails here, with one line, instead of at its first job. Then
+# would need and cannot get (an image, a dataset, what SLURM would refuse to allocate) fails
+# here, with one line, instead of at its first job. Then
 # MLflow (hierpipe.tracking): the store, the experiment and one parent run are created once
 # (in the image when jobs run in it); jobs find them through the environment.
 onstart:
     check_image(IMAGE)
     check_datasets_obtainable(config)
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        check_requests(slurm_requests())
     start_workflow_run(workflow.basedir, config["experiment"], dry_run=workflow.dryrun, image=IMAGE)
 
 
@@ -92,13 +125,17 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
-# On a cluster every job pays a scheduler's and a Snakemake's start-up (tens of seconds):
-# writing a config file or a table runs where Snakemake runs, and the jobs of one run
-# (train, embed, evaluate), of one dataset (prepare, split) and the figures each go out as
-# one cluster job (`group:` in the rules). Locally, groups change nothing.
+# On a cluster every job pays a scheduler's and a Snakemake's start-up (seconds to minutes in
+# the queue): writing a config file or a table runs where Snakemake runs, and so does
+# obtaining the datasets, because compute nodes often have no internet (the login node then
+# downloads, extracts and decodes each image once to verify it). Each run's train, embed and
+# evaluate go out as one cluster job (`group: "run"` in the rules). Locally, groups change
+# nothing.
 localrules:
     run_config,
     experiment_params,
+    prepare_dataset,
+    split_dataset,
     aggregate,
 
 

@@ -15,8 +15,6 @@ rule prepare_dataset:
     threads: OTHER_THREADS
     resources:
         **OTHER_RESOURCES,
-    group:
-        "data"
     shell:
         "hierpipe data prepare {wildcards.dataset} --out data/{wildcards.dataset}"
         " {params.source} {params.options} --threads {threads} > {log} 2>&1"
@@ -38,8 +36,6 @@ rule split_dataset:
     threads: OTHER_THREADS
     resources:
         **OTHER_RESOURCES,
-    group:
-        "data"
     shell:
         "hierpipe data split data/{wildcards.dataset} --name {wildcards.split}"
         " --scheme {params.split.scheme} --seed {params.split.seed}"

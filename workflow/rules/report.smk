@@ -76,8 +76,6 @@ for group in GROUPS:
         threads: OTHER_THREADS
         resources:
             **OTHER_RESOURCES,
-        group:
-            "figures"
         shell:
             "hierpipe figures --params {input.params} --results-dir {RESULTS}"
             " --group {params.group} --threads {threads} > {log} 2>&1"
