@@ -26,11 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import TINY_PARAMS  # noqa: E402  (the tests' tiny experiment)
 from real_runtimes import (  # noqa: E402  (the tests' real runtimes)
-    RUNTIMES,
     SYSTEM_PATH,
     apptainer_args,
     build_image,
     host_virtualenv,
+    slurm_cluster,
     slurm_profile_copy,
     workflow_checkout,
 )
@@ -57,11 +57,7 @@ def main() -> int:
         base = Path(tmp)
         image = build_image(base)
         venv = host_virtualenv(base / "host", "snakemake-executor-plugin-slurm")
-        cluster = base / "c"
-        slurm = ["bash", str(RUNTIMES / "slurm.sh")]
-        started = {**os.environ, "SLURMRT_CPUS": "4"}
-        subprocess.run([*slurm, "start", str(cluster)], check=True, env=started)
-        try:
+        with slurm_cluster(cpus=4) as cluster:
             local_env = {
                 **os.environ,
                 "HIERPIPE_MLFLOW": "0",
@@ -76,14 +72,14 @@ def main() -> int:
                 "HOME": os.environ.get("HOME", "/root"),
                 "LANG": "C.UTF-8",
                 "HIERPIPE_MLFLOW": "0",
-                "SLURM_CONF": str(cluster / "etc/slurm.conf"),
-                "PATH": f"{venv / 'bin'}:{cluster / 'bin'}:{SYSTEM_PATH}",
+                "SLURM_CONF": cluster["SLURM_CONF"],
+                "PATH": f"{venv / 'bin'}:{cluster['SLURMRT_BIN']}:{SYSTEM_PATH}",
             }
             root = workflow_checkout(base / "cluster", params)
             command = [
                 str(venv / "bin/snakemake"),
                 "--profile",
-                slurm_profile_copy(root, "main", "root"),
+                slurm_profile_copy(root, cluster["SLURMRT_PARTITION"], cluster["SLURMRT_ACCOUNT"]),
                 apptainer_args("--nv", "--cleanenv"),
                 "--configfile",
                 "params/tiny.yaml",
@@ -91,8 +87,6 @@ def main() -> int:
                 f"container={image}",
             ]
             through_slurm = _timed(command, root, cluster_env)
-        finally:
-            subprocess.run([*slurm, "stop", str(cluster)], check=False)
     ratio = through_slurm / local
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
     print(f"tiny experiment, {len(params['runs'])} runs entries, 2 cores")

@@ -9,7 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,23 @@ def slurm_profile_copy(root: Path, partition: str, account: str) -> str:
     (root / "my-slurm-profile").mkdir()
     (root / "my-slurm-profile/config.yaml").write_text(shipped.replace(SLURM_SITE_SETTINGS, mine))
     return "my-slurm-profile"
+
+
+@contextmanager
+def slurm_cluster(cpus: int) -> Iterator[dict[str, str]]:
+    """A real one-node SLURM with accounting and two GPUs (tests/runtimes/slurm.sh) for the
+    duration; its environment (SLURM_CONF, SLURMRT_*). Every daemon is stopped at the end."""
+    require_real_runtimes()
+    # short: the daemons' Unix sockets live below it
+    directory = Path(tempfile.mkdtemp(prefix="hp-slurm-", dir="/tmp"))
+    script = ["bash", str(RUNTIMES / "slurm.sh")]
+    started = {**os.environ, "SLURMRT_CPUS": str(cpus)}
+    run_timed([*script, "start", str(directory)], "starting SLURM", 600, env=started)
+    environ = {}
+    for line in (directory / "env").read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        environ[key] = os.path.expandvars(value.strip('"'))
+    try:
+        yield environ
+    finally:
+        run_timed([*script, "stop", str(directory)], "stopping SLURM", 300)

@@ -32,6 +32,7 @@ from real_runtimes import (
     host_virtualenv,
     require_real_runtimes,
     run_timed,
+    slurm_cluster,
     slurm_profile_copy,
     workflow_checkout,
 )
@@ -69,20 +70,8 @@ def _experiment(name: str, **changes) -> dict:
 @pytest.fixture(scope="module")
 def cluster():
     """SLURM up (four CPUs, so that only the two GPUs make a third GPU job wait); its env."""
-    require_real_runtimes()
-    # short: the daemons' Unix sockets live below it
-    directory = Path(tempfile.mkdtemp(prefix="hp-slurm-", dir="/tmp"))
-    script = ["bash", str(RUNTIMES / "slurm.sh")]
-    started = {**os.environ, "SLURMRT_CPUS": "4"}
-    run_timed([*script, "start", str(directory)], "starting SLURM", 600, env=started)
-    environ = {}
-    for line in (directory / "env").read_text().splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        environ[key] = os.path.expandvars(value.strip('"'))
-    try:
+    with slurm_cluster(cpus=4) as environ:
         yield environ
-    finally:
-        run_timed([*script, "stop", str(directory)], "stopping SLURM", 300)
 
 
 @pytest.fixture(scope="module")
