@@ -129,3 +129,4 @@ def slurm_cluster(cpus: int) -> Iterator[dict[str, str]]:
         yield environ
     finally:
         run_timed([*script, "stop", str(directory)], "stopping SLURM", 300)
+        shutil.rmtree(directory, ignore_errors=True)
