@@ -1,7 +1,7 @@
 # hierpipe: download/split -> train every model/option/seed -> export embeddings ->
 # evaluate -> tables and figures. Params: params/default.yaml, or --configfile params/<other>.yaml.
 #
-# Parsing needs Snakemake and nothing else: the code imported here (hierpipe.config, .catalog,
+# Parsing needs Snakemake and nothing else: the code imported here (hierpipe.core.config, .catalog,
 # .questions, .tracking, .plots.plan) imports no torch, timm, MLflow or UMAP, and Snakemake
 # puts this directory on sys.path. With --use-singularity every rule runs hierpipe in the
 # image of params' `container`; without it, on this machine (then hierpipe must be installed).
@@ -12,11 +12,11 @@ from pathlib import Path
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version
 
-from hierpipe.config import check_datasets_obtainable, validate_params
-from hierpipe.errors import HierpipeError
-from hierpipe.gpu_slots import SLURM_ALLOCATION, SLURM_JOB_ENV
-from hierpipe.slurm_requests import SlurmRequest, check_requests
-from hierpipe.tracking import WorkflowImage, end_workflow_run, start_workflow_run
+from hierpipe.core.config import check_datasets_obtainable, validate_params
+from hierpipe.core.errors import HierpipeError
+from hierpipe.runtime.gpu_slots import SLURM_ALLOCATION, SLURM_JOB_ENV
+from hierpipe.runtime.slurm_requests import SlurmRequest, check_requests
+from hierpipe.runtime.tracking import WorkflowImage, end_workflow_run, start_workflow_run
 
 min_version("9.0")
 
@@ -57,7 +57,7 @@ def check_image(image):
 IMAGE = workflow_image()
 
 # In a SLURM job (the plugin runs Snakemake on the node) the container must see the job's
-# allocation, which --cleanenv would drop: hierpipe.gpu_slots then runs on exactly the GPUs
+# allocation, which --cleanenv would drop: hierpipe.runtime.gpu_slots then runs on exactly the GPUs
 # SLURM gave the job (and on none when it gave none).
 if IMAGE is not None and SLURM_JOB_ENV in os.environ:
     for name in SLURM_ALLOCATION:
@@ -100,7 +100,7 @@ container: config["container"]
 # Before any job of a real run (not for dry runs, --list-rules, --unlock, ...): what jobs
 # would need and cannot get (an image, a dataset, what SLURM would refuse to allocate) fails
 # here, with one line, instead of at its first job. Then
-# MLflow (hierpipe.tracking): the store, the experiment and one parent run are created once
+# MLflow (hierpipe.runtime.tracking): the store, the experiment and one parent run are created once
 # (in the image when jobs run in it); jobs find them through the environment.
 onstart:
     check_image(IMAGE)

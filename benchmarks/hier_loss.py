@@ -44,10 +44,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from hierpipe.artifacts import build_network
-from hierpipe.config import resolve_run_config
-from hierpipe.geometry import pairwise_distances, to_poincare
+from hierpipe.core.config import resolve_run_config
+from hierpipe.core.geometry import pairwise_distances, to_poincare
 from hierpipe.losses import HIERLoss, ProxyAnchorLoss
+from hierpipe.train.artifacts import build_network
 from hierpipe.train.engine import build_optimizer, set_learning_rates
 
 REPO = Path(__file__).resolve().parents[1]

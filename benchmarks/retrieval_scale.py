@@ -53,14 +53,14 @@ def _worker(side: str, items: int, classes: int, dim: int, threads: int) -> None
     torch.set_num_threads(threads)
     points, labels = _embeddings(items, classes, dim)
     if side == "poincare":
-        from hierpipe.geometry import to_poincare
+        from hierpipe.core.geometry import to_poincare
 
         lengths = np.random.default_rng(1).uniform(1.5, 2.3, (items, 1)).astype(np.float32)
         ball = to_poincare(torch.from_numpy(points * lengths), CURVATURE, clip_r=2.3)
         points = ball.double().numpy()
     started = time.perf_counter()
     if side in ("hierpipe", "poincare"):
-        from hierpipe.metrics import retrieval_metrics
+        from hierpipe.evaluation.metrics import retrieval_metrics
 
         space = {"distance": "poincare", "curvature": CURVATURE} if side == "poincare" else {}
         values = retrieval_metrics(points, labels, ks=KS, **space)

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from hierpipe.artifacts import build_network
-from hierpipe.config import SplitConfig, resolve_run_config
+from hierpipe.core.config import SplitConfig, resolve_run_config
 from hierpipe.data import make_split, prepare_dataset
+from hierpipe.train.artifacts import build_network
 from hierpipe.train.engine import load_training_data, seed_everything, train_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import platform
 import sys
 from collections.abc import Sequence
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,62 +47,62 @@ def _data_split(args: argparse.Namespace) -> None:
 
 
 def _config_run(args: argparse.Namespace) -> None:
-    from hierpipe.config import RunConfig, json_mapping, write_run_config
+    from hierpipe.core.config import RunConfig, json_mapping, write_run_config
 
     config = RunConfig.from_dict(json_mapping(args.json, "--json"), source="--json")
     write_run_config(config, args.out)
 
 
 def _config_experiment(args: argparse.Namespace) -> None:
-    from hierpipe.config import json_mapping, write_resolved_params
+    from hierpipe.core.config import json_mapping, write_resolved_params
 
     write_resolved_params(json_mapping(args.json, "--json"), args.out)
 
 
 def _tracking_start(args: argparse.Namespace) -> None:
-    from hierpipe.tracking import start_workflow_run
+    from hierpipe.runtime.tracking import start_workflow_run
 
     print(start_workflow_run(args.root, args.experiment) or "")
 
 
 def _tracking_end(args: argparse.Namespace) -> None:
-    from hierpipe.tracking import end_workflow_run
+    from hierpipe.runtime.tracking import end_workflow_run
 
     end_workflow_run(args.status)
 
 
 def _train(args: argparse.Namespace) -> None:
-    from hierpipe.config import read_run_config
+    from hierpipe.core.config import read_run_config
     from hierpipe.train.engine import train_run
 
     train_run(read_run_config(args.config), args.model_out, args.log_out, args.checkpoint_dir)
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from hierpipe.embed import export_embeddings
+    from hierpipe.evaluation.export import export_embeddings
 
     export_embeddings(args.model, args.embeddings_out, args.representatives_out, args.batch_size)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from hierpipe.config import read_run_config
-    from hierpipe.evaluate import evaluate_run
+    from hierpipe.core.config import read_run_config
+    from hierpipe.evaluation.evaluate import evaluate_run
 
     evaluate_run(read_run_config(args.config), args.embeddings, args.representatives, args.out)
 
 
 def _aggregate(args: argparse.Namespace) -> None:
-    from hierpipe.aggregate import aggregate
-    from hierpipe.config import read_yaml_mapping
+    from hierpipe.core.config import read_yaml_mapping
+    from hierpipe.reporting.aggregate import aggregate
 
     params = read_yaml_mapping(args.params, "experiment params") if args.params else None
     aggregate(args.metrics, args.out_dir, args.headline_out, params)
 
 
 def _figures(args: argparse.Namespace) -> None:
-    from hierpipe.config import read_yaml_mapping
-    from hierpipe.plots.render import render_figures
-    from hierpipe.tracking import log_figures
+    from hierpipe.core.config import read_yaml_mapping
+    from hierpipe.reporting.plots.render import render_figures
+    from hierpipe.runtime.tracking import log_figures
 
     params = read_yaml_mapping(args.params, "experiment params")
     written = render_figures(params, args.results_dir, args.group)
@@ -122,7 +122,7 @@ def _figures(args: argparse.Namespace) -> None:
 def _ui(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from hierpipe.tracking import run_ui
+    from hierpipe.runtime.tracking import run_ui
 
     status = run_ui(Path.cwd(), args.host, args.port)
     if status:
@@ -281,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_threads(aggregate)
     aggregate.set_defaults(handler=_aggregate, verb="aggregate")
 
-    from hierpipe.plots.plan import GROUPS
+    from hierpipe.reporting.plots.plan import GROUPS
 
     figures = verbs.add_parser(
         "figures", help="draw the experiment's figures (PNG and PDF) from its results"

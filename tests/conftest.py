@@ -91,7 +91,7 @@ def tiny_params() -> dict:
 
 def validated(params: dict) -> dict:
     """Params as the workflow sees them: validated against the schema, defaults filled in."""
-    from hierpipe.config import validate_params
+    from hierpipe.core.config import validate_params
 
     return validate_params(copy.deepcopy(params), REPO / "workflow/schemas/params.schema.yaml")
 

@@ -12,7 +12,7 @@ import pytest
 from http_server import serve_directory
 from PIL import Image
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 
 
 def jpeg_bytes(seed: int) -> bytes:

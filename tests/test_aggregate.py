@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from hierpipe.aggregate import aggregate, collect_runs, summarize
-from hierpipe.errors import HierpipeError
-from hierpipe.questions import questions_from_params
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.questions import questions_from_params
+from hierpipe.reporting.aggregate import aggregate, collect_runs, summarize
 
 
 def _write_metrics(path, model, seed, metrics, loss=None, regularizer=None):

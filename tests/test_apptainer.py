@@ -31,7 +31,7 @@ from real_runtimes import (
     workflow_checkout,
 )
 
-from hierpipe.tracking import sanitize_metric_name
+from hierpipe.runtime.tracking import sanitize_metric_name
 
 pytestmark = pytest.mark.slow
 
@@ -138,8 +138,8 @@ def test_every_job_ran_inside_the_image(runs, image):
     for run in RUN_IDS:
         for step in ("train", "embed"):
             text = (in_image / f"logs/tiny/shapes/{run}/{step}.log").read_text()
-            assert "hierpipe.gpu_slots: running on GPU 0" in text or (
-                "hierpipe.gpu_slots: running on GPU 1" in text
+            assert "hierpipe.runtime.gpu_slots: running on GPU 0" in text or (
+                "hierpipe.runtime.gpu_slots: running on GPU 1" in text
             ), text[-2000:]
 
 

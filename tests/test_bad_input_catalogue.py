@@ -41,22 +41,22 @@ from test_data_cub200 import CLASSES, HIERARCHY, _build_archive, _serve_files
 from test_data_fetch import make_tar, tar_member
 from test_run_steps import _config, data_root  # noqa: F401 (data_root: a fixture)
 
-from hierpipe.artifacts import MODEL_FORMAT
-from hierpipe.config import SplitConfig, read_run_config, read_yaml_mapping, validate_params
+from hierpipe.core.config import SplitConfig, read_run_config, read_yaml_mapping, validate_params
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.io import write_parquet_atomic
 from hierpipe.data import cub200, make_split, prepare_dataset, read_classes
 from hierpipe.data.tables import CLASSES_SCHEMA
-from hierpipe.embed import export_embeddings
-from hierpipe.embeddings import (
+from hierpipe.evaluation.embedding_files import (
     Embeddings,
     class_prototypes,
     representatives_table,
     write_embeddings,
 )
-from hierpipe.errors import HierpipeError
-from hierpipe.evaluate import evaluate_run
-from hierpipe.io import write_parquet_atomic
+from hierpipe.evaluation.evaluate import evaluate_run
+from hierpipe.evaluation.export import export_embeddings
 from hierpipe.models import EmbeddingNet
 from hierpipe.train import engine
+from hierpipe.train.artifacts import MODEL_FORMAT
 from hierpipe.train.engine import train_run
 
 SCHEMA = REPO / "workflow/schemas/params.schema.yaml"

@@ -1,11 +1,11 @@
-"""hierpipe.catalog against the classes it names: what params checking knows without torch
+"""hierpipe.core.catalog against the classes it names: what params checking knows without torch
 must be what the classes do."""
 
 import inspect
 
 import pytest
 
-from hierpipe import catalog
+from hierpipe.core import catalog
 from hierpipe.data.registry import _REGISTRY as DATASET_BUILDERS
 from hierpipe.losses import ProxyClassifierLoss, ScaledCosineProxyLoss
 from hierpipe.train.options.base import TrainingOption

@@ -1,14 +1,14 @@
 import pytest
 from conftest import validated
 
-from hierpipe.config import (
+from hierpipe.core.config import (
     RunConfig,
     check_params,
     read_run_config,
     resolve_run_config,
     write_run_config,
 )
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 
 
 def test_resolved_config_round_trips_through_yaml(tiny_params, tmp_path):
@@ -211,7 +211,7 @@ def test_model_settings_resolve_into_the_run_config(tiny_params):
 
 
 def test_datasets_and_models_override_settings_and_runs_pick_datasets(tiny_params):
-    from hierpipe.config import grid
+    from hierpipe.core.config import grid
 
     shapes = tiny_params["datasets"]["shapes"]
     tiny_params["datasets"]["small"] = {**shapes, "train": {"epochs": 7, "lr": 0.5}}

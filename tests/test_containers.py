@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from hierpipe.gpu_slots import detect_gpus
+from hierpipe.runtime.gpu_slots import detect_gpus
 
 # The fake honours what the test relies on from the real one: `--version` in the format
 # Snakemake parses, `pull --name <file> <url>` into the image cache (the current directory),
@@ -342,7 +342,7 @@ HOLDER = textwrap.dedent(
 )
 
 
-SLOTS = (sys.executable, "-m", "hierpipe.gpu_slots", "run")
+SLOTS = (sys.executable, "-m", "hierpipe.runtime.gpu_slots", "run")
 
 
 def _slots(tmp_path: Path, gpus: str, *command: str, **kwargs) -> subprocess.Popen:

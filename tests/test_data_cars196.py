@@ -12,8 +12,8 @@ from http_server import serve_directory
 from scipy.io import loadmat, savemat
 
 from hierpipe.cli import main
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import cars196, make_split, read_dataset, read_split
-from hierpipe.errors import HierpipeError
 
 CLASSES = [
     "AM General Hummer SUV 2000",

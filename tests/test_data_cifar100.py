@@ -12,8 +12,8 @@ from http_server import serve_directory
 from PIL import Image
 
 from hierpipe.cli import main
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import cifar100, make_split, read_dataset, read_split
-from hierpipe.errors import HierpipeError
 
 # Eight of the real classes (in the real files' alphabetical order) in five superclasses, with
 # their rows of ProxyDR's CIFAR100_cls.csv: 3 -> 4 -> 5 -> 8 nodes per level.

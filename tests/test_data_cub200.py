@@ -9,8 +9,8 @@ from dataset_fixtures import add_member, assert_pinned_checksum_refused, jpeg_by
 from http_server import serve_directory
 
 from hierpipe.cli import main
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import cub200, make_split, read_dataset, read_split
-from hierpipe.errors import HierpipeError
 
 CLASSES = [
     "001.Black_footed_Albatross",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from http_server import serve_directory
 
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data.fetch import RemoteFile, download, extract, fetch, verify_checksum
-from hierpipe.errors import HierpipeError
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB, several read chunks of the server's socket
 

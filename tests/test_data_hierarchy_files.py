@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.hierarchy_files import (
     class_paths,
     parse_id_names,
     parse_indented_tree,
     parse_path_csv,
 )
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "hierarchies"
 

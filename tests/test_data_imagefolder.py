@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 import hierpipe.data.imagefolder  # noqa: F401  (registers the dataset)
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data.registry import prepare_dataset
 from hierpipe.data.tables import read_dataset
 from hierpipe.data.verify import check_images
-from hierpipe.errors import HierpipeError
 
 FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF"}
 

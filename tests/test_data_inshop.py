@@ -10,8 +10,8 @@ from dataset_fixtures import jpeg_bytes
 from http_server import serve_directory
 
 from hierpipe.cli import main
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import inshop, make_split, read_dataset, read_split
-from hierpipe.errors import HierpipeError
 
 # (item_id, gender, category, evaluation status of each image), in list_eval_partition order;
 # train and query/gallery items are disjoint as in the benchmark, and Denim is in both genders

@@ -11,8 +11,8 @@ from dataset_fixtures import assert_pinned_checksum_refused, jpeg_bytes, pin_fil
 from http_server import serve_directory
 
 from hierpipe.cli import main
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import make_split, nabirds, read_dataset, read_split
-from hierpipe.errors import HierpipeError
 
 # classes.txt: the root, internal nodes, leaves with images, two leaves sharing a name, and a
 # branch (Owls) whose only leaf has no image and must be dropped.

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import get_dataset, prepare_dataset, read_dataset
 from hierpipe.data.registry import DatasetBuilder, parse_options, register_dataset
 from hierpipe.data.shapes import SHAPES, TEXTURES, ShapesBuilder
-from hierpipe.errors import HierpipeError
 
 SMALL = {"image_size": 16, "images_per_class": 3, "families": 2, "genera_per_family": 2}
 

@@ -9,8 +9,8 @@ from dataset_fixtures import jpeg_bytes, pin_files
 from http_server import serve_directory
 
 from hierpipe.cli import main
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import make_split, read_dataset, read_split, sop
-from hierpipe.errors import HierpipeError
 
 HEADER = "image_id class_id super_class_id path"
 SUPER_CLASSES = {1: "bicycle", 3: "chair", 8: "mug"}  # super_class_id -> name, as published

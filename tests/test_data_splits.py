@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import ImageTableDataset, make_split, prepare_dataset, read_dataset, read_split
 from hierpipe.data.splits import split_by_class, split_by_image
 from hierpipe.data.transforms import build_transform
-from hierpipe.errors import HierpipeError
 
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 

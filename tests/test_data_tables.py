@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import hierpipe.io
+import hierpipe.core.io
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.tables import (
     read_classes,
     read_dataset,
@@ -20,8 +22,6 @@ from hierpipe.data.tables import (
     write_samples,
     write_split,
 )
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
 
 TREE = ClassTree.from_paths(
     [("animal", "mammal", "cat"), ("animal", "bird"), ("plant", "tree", "oak"), ("fungus",)]
@@ -227,7 +227,7 @@ def test_failed_write_keeps_previous_file(dataset: Path, monkeypatch: pytest.Mon
         where.write_bytes(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(hierpipe.io.pq, "write_table", write_half_then_fail)
+    monkeypatch.setattr(hierpipe.core.io.pq, "write_table", write_half_then_fail)
     with pytest.raises(OSError, match=r"disk full"):
         write_samples(dataset, _samples([1, 1]))
     monkeypatch.undo()

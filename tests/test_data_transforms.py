@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hierpipe.config import TrainConfig
+from hierpipe.core.config import TrainConfig
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data.transforms import build_transform, recipe_transforms
-from hierpipe.errors import HierpipeError
 
 
 def _image(width: int, height: int) -> Image.Image:

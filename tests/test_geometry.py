@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hierpipe.errors import HierpipeError
-from hierpipe.geometry import (
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.geometry import (
     ToPoincare,
     clip_features,
     cosine_similarity_matrix,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 
 # root
 # ├── animal ── mammal ── cat, dog

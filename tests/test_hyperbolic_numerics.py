@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hierpipe.geometry import poincare_cdist, to_poincare
+from hierpipe.core.geometry import poincare_cdist, to_poincare
 from hierpipe.losses import HIERLoss, ProxyAnchorLoss
 from hierpipe.models import EmbeddingNet
 

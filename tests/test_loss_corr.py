@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 from hierpipe.losses import CORRLoss, ProxyDRLoss, build_loss
 
 # Directions (1, 0), (0, 1), (-1, 0) at unequal lengths: only directions may matter.

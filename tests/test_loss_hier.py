@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from hierpipe.errors import HierpipeError
-from hierpipe.geometry import pairwise_distances, to_poincare
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.geometry import pairwise_distances, to_poincare
 from hierpipe.losses import HIERLoss
 from hierpipe.losses.hier import GEOMETRIES
 
@@ -308,12 +308,12 @@ def test_full_size_step_has_finite_gradients(geometry: str):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"curvature": 0.0}, "curvature must be a positive finite number"),
-        ({"curvature": -0.1}, "curvature must be a positive finite number"),
-        ({"clip_r": math.nan}, "clip_r must be a positive finite number"),
-        ({"tau": 0}, "tau must be a positive finite number"),
-        ({"num_proxies": 10, "topk": 20}, "num_proxies must be an integer >= 20"),
-        ({"triplets_per_anchor": 0}, "triplets_per_anchor must be an integer >= 1"),
+        ({"curvature": 0.0}, "curvature: expected a positive finite number"),
+        ({"curvature": -0.1}, "curvature: expected a positive finite number"),
+        ({"clip_r": math.nan}, "clip_r: expected a positive finite number"),
+        ({"tau": 0}, "tau: expected a positive finite number"),
+        ({"num_proxies": 10, "topk": 20}, "num_proxies: expected an integer >= 20"),
+        ({"triplets_per_anchor": 0}, "triplets_per_anchor: expected an integer >= 1"),
         ({"geometry": "hyperboloid"}, "geometry must be one of poincare, sphere, euclidean"),
         ({"stochastic": 1}, "stochastic must be True or False"),
         ({"generator": 0}, "generator must be a torch.Generator or None"),
@@ -333,9 +333,9 @@ def test_topk_larger_than_the_batch_is_an_error():
 def test_bad_embeddings_are_errors():
     loss = HIERLoss(2, num_proxies=8, topk=2)
     labels = torch.tensor([0, 0, 1])
-    with pytest.raises(HierpipeError, match="row 1 is not"):
+    with pytest.raises(HierpipeError, match="got row 1 with norm"):
         loss(torch.tensor([[0.0, 0.0], [3.2, 0.0], [0.1, 0.1]]), labels)
-    with pytest.raises(HierpipeError, match="row 2 is not"):
+    with pytest.raises(HierpipeError, match="got row 2 with norm"):
         loss(torch.tensor([[0.0, 0.0], [0.2, 0.0], [math.nan, 0.1]]), labels)
     with pytest.raises(HierpipeError, match=r"embeddings must have shape \(N, 2\)"):
         loss(torch.zeros(3, 4), labels)

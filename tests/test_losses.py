@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 from hierpipe.losses import (
     LOSSES,
     REGULARIZERS,
@@ -185,11 +185,11 @@ def test_build_loss_unknown_hyperparameter_names_it_and_lists_accepted() -> None
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_classes": 1, "embedding_dim": 2}, "num_classes must be an integer >= 2"),
-        ({"num_classes": 3.0, "embedding_dim": 2}, "num_classes must be an integer >= 2"),
-        ({"num_classes": 3, "embedding_dim": 0}, "embedding_dim must be an integer >= 1"),
-        ({"num_classes": 3, "embedding_dim": 2, "scale": 0.0}, "scale must be a positive"),
-        ({"num_classes": 3, "embedding_dim": 2, "scale": float("nan")}, "scale must be"),
+        ({"num_classes": 1, "embedding_dim": 2}, "num_classes: expected an integer >= 2"),
+        ({"num_classes": 3.0, "embedding_dim": 2}, "num_classes: expected an integer >= 2"),
+        ({"num_classes": 3, "embedding_dim": 0}, "embedding_dim: expected an integer >= 1"),
+        ({"num_classes": 3, "embedding_dim": 2, "scale": 0.0}, "scale: expected a positive"),
+        ({"num_classes": 3, "embedding_dim": 2, "scale": float("nan")}, "scale: expected"),
     ],
 )
 def test_constructor_arguments_are_validated(kwargs: dict, match: str) -> None:
@@ -201,8 +201,8 @@ def test_constructor_arguments_are_validated(kwargs: dict, match: str) -> None:
     ("embeddings", "labels", "match"),
     [
         (torch.randn(2, 3), torch.tensor([0, 1]), r"embeddings must have shape \(N, 2\)"),
-        (torch.randn(2, 2), torch.tensor([0, 1, 2]), r"labels must have shape \(2,\)"),
-        (torch.randn(2, 2), torch.tensor([0.0, 1.0]), "labels must be an integer tensor"),
+        (torch.randn(2, 2), torch.tensor([0, 1, 2]), r"labels: expected shape \(2,\)"),
+        (torch.randn(2, 2), torch.tensor([0.0, 1.0]), "labels: expected integer labels"),
         (torch.randn(2, 2), torch.tensor([0, 3]), r"labels must lie in \[0, 2\]"),
         (torch.randn(2, 2), torch.tensor([-1, 0]), r"labels must lie in \[0, 2\]"),
     ],

@@ -1,6 +1,6 @@
 import pytest
 
-from hierpipe.measures import direction
+from hierpipe.evaluation.measures import direction
 
 
 @pytest.mark.parametrize(

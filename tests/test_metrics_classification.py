@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from hierpipe.errors import HierpipeError
-from hierpipe.metrics import calibration_errors, level_accuracy, topk_accuracy
+from hierpipe.core.errors import HierpipeError
+from hierpipe.evaluation.metrics import calibration_errors, level_accuracy, topk_accuracy
 
 SCORES = np.array(
     [
@@ -40,7 +40,7 @@ def test_torch_input_and_inf_scores():
         (SCORES[0], TARGET, (1,), "scores: expected a non-empty"),
         (np.zeros((0, 3)), np.zeros(0, dtype=int), (1,), "scores: expected a non-empty"),
         (np.full((4, 4), np.nan), TARGET, (1,), "scores: expected no NaN"),
-        (SCORES, TARGET, (0,), "ks: expected integers >= 1"),
+        (SCORES, TARGET, (0,), "ks: expected an integer >= 1"),
     ],
 )
 def test_bad_input(scores, target, ks, match):

@@ -8,8 +8,8 @@ from scipy import stats
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
-from hierpipe.errors import HierpipeError
-from hierpipe.metrics import (
+from hierpipe.core.errors import HierpipeError
+from hierpipe.evaluation.metrics import (
     ahd_at_k,
     ahs,
     average_hierarchical_cost,

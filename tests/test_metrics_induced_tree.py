@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from dendropy.calculate import treecompare
 
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
-from hierpipe.metrics import induced_tree as module
-from hierpipe.metrics import robinson_foulds
-from hierpipe.metrics.induced_tree import (
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
+from hierpipe.evaluation.metrics import induced_tree as module
+from hierpipe.evaluation.metrics import robinson_foulds
+from hierpipe.evaluation.metrics.induced_tree import (
     class_tree_robinson_foulds,
     induced_tree,
     induced_tree_measures,
@@ -25,7 +25,7 @@ def _polar(radius: float, angle: float) -> list[float]:
 
 
 def _distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
-    """Reference distances, written independently of hierpipe.geometry."""
+    """Reference distances, written independently of hierpipe.core.geometry."""
     if metric == "euclidean":
         return float(np.linalg.norm(a - b))
     if metric == "cosine":

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from hierpipe.metrics import representative_retrieval
+from hierpipe.evaluation.metrics import representative_retrieval
 
 
 def _brute_force(vectors: np.ndarray, groups: np.ndarray) -> dict[str, float]:

@@ -8,8 +8,8 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
-from hierpipe.errors import HierpipeError
-from hierpipe.metrics import nearest_neighbours, retrieval_metrics
+from hierpipe.core.errors import HierpipeError
+from hierpipe.evaluation.metrics import nearest_neighbours, retrieval_metrics
 
 A, B, C = 0, 1, 2
 
@@ -176,7 +176,7 @@ def test_numpy_and_torch_inputs_agree(data):
         ({"query_labels": np.zeros(4)}, "query_labels: expected integer"),
         ({"query": np.array([[0.0, 1.0]] * 3 + [[np.nan, 1.0]])}, "query: expected finite"),
         ({"query": np.array([[0.0, 1.0]] * 3 + [[np.inf, 1.0]])}, "query: expected finite"),
-        ({"ks": (1, 0)}, "ks: expected integers >= 1, got 0"),
+        ({"ks": (1, 0)}, "ks: expected an integer >= 1, got 0"),
         ({"ks": ()}, "ks: expected at least one k"),
         ({"distance": "manhattan"}, "distance: unknown 'manhattan'"),
         ({"chunk_size": 0}, "chunk_size: expected an integer >= 1"),
@@ -314,7 +314,7 @@ def test_poincare_retrieval_is_float64_by_default():
         ({"curvature": 0.1}, "curvature: only applies to distance 'poincare'"),
         (
             {"distance": "poincare", "curvature": 4.0},
-            r"query: expected points strictly inside the Poincaré ball",
+            r"query: expected finite points strictly inside the Poincaré ball",
         ),
     ],
 )

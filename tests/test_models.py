@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 
-from hierpipe.errors import HierpipeError
-from hierpipe.geometry import to_poincare
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.geometry import to_poincare
 from hierpipe.models import HEADS, EmbeddingNet, select_device
 from hierpipe.models.embedding_net import ALLOW_DOWNLOAD_ENV
 
@@ -197,7 +197,7 @@ def test_pretrained_with_permission_asks_timm_to_download(monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize(("embedding_dim", "in_chans"), [(0, 3), (8, 0)])
 def test_constructor_arguments_are_validated(embedding_dim: int, in_chans: int) -> None:
-    with pytest.raises(HierpipeError, match="must be an integer >= 1"):
+    with pytest.raises(HierpipeError, match="expected an integer >= 1"):
         EmbeddingNet(BACKBONE, embedding_dim, head="sphere", in_chans=in_chans)
 
 

@@ -10,13 +10,13 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from hierpipe.errors import HierpipeError
-from hierpipe.geometry import poincare_ball, to_poincare
-from hierpipe.hierarchy import ClassTree
-from hierpipe.plots.affinity import draw_affinity_matrices
-from hierpipe.plots.canvas import save_figure
-from hierpipe.plots.dendrogram import draw_tree_comparison
-from hierpipe.plots.embedding_map import draw_embedding_map, project_ball_to_disk
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.geometry import poincare_ball, to_poincare
+from hierpipe.core.hierarchy import ClassTree
+from hierpipe.reporting.plots.affinity import draw_affinity_matrices
+from hierpipe.reporting.plots.canvas import save_figure
+from hierpipe.reporting.plots.dendrogram import draw_tree_comparison
+from hierpipe.reporting.plots.embedding_map import draw_embedding_map, project_ball_to_disk
 
 CURVATURE = 0.1
 DIM = 6
@@ -157,7 +157,7 @@ def _planar_points(n: int, dim: int) -> np.ndarray:
 
 
 def _distance_to_origin(x: np.ndarray) -> np.ndarray:
-    """Poincaré distance to the origin, written independently of hierpipe.geometry."""
+    """Poincaré distance to the origin, written independently of hierpipe.core.geometry."""
     root_c = CURVATURE**0.5
     return 2 / root_c * np.arctanh(root_c * np.linalg.norm(x, axis=1))
 
@@ -189,7 +189,7 @@ def test_projection_checks_its_inputs():
     points = POINCARE["samples"]
     with pytest.raises(HierpipeError, match=r"fit_on: expected dimension D = 6"):
         project_ball_to_disk(points, CURVATURE, fit_on=points[:, :3])
-    with pytest.raises(HierpipeError, match=r"points: expected points strictly inside"):
+    with pytest.raises(HierpipeError, match=r"points: expected finite points strictly inside"):
         project_ball_to_disk(points * 10, CURVATURE, fit_on=points)
     with pytest.raises(HierpipeError, match=r"curvature: must be > 0"):
         project_ball_to_disk(points, -1.0, fit_on=points)
@@ -247,7 +247,7 @@ _NAN_SAMPLES[3, 2] = np.nan
         (
             {},
             {"space": "poincare", "curvature": CURVATURE},
-            r"samples: expected points strictly inside the Poincaré ball",
+            r"samples: expected finite points strictly inside the Poincaré ball",
         ),
         (
             {

@@ -12,9 +12,9 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
-from hierpipe.errors import HierpipeError
-from hierpipe.plots.canvas import save_figure
-from hierpipe.plots.curves import (
+from hierpipe.core.errors import HierpipeError
+from hierpipe.reporting.plots.canvas import save_figure
+from hierpipe.reporting.plots.curves import (
     Panel,
     Series,
     dimension_panel,
@@ -22,7 +22,7 @@ from hierpipe.plots.curves import (
     hs_curve_panel,
     training_panels,
 )
-from hierpipe.plots.image_grid import (
+from hierpipe.reporting.plots.image_grid import (
     BORDER_COLOURS,
     Tile,
     boundary_proxy_neighbours,
@@ -165,8 +165,8 @@ def test_boundary_proxies_and_neighbours_match_brute_force():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda p, s: (p * 10, s), r"proxies: expected points strictly inside .* got row \d+"),
-        (lambda p, s: (p, s * 10), r"samples: expected points strictly inside .* got row \d+"),
+        (lambda p, s: (p * 10, s), r"proxies: expected finite points .* got row \d+"),
+        (lambda p, s: (p, s * 10), r"samples: expected finite points .* got row \d+"),
         (lambda p, s: (p, s[:, :2]), "samples: expected dimension 3 like proxies, got 2"),
         (lambda p, s: (p[0], s), r"proxies: expected a 2-D \(M, D\) array with at least one row"),
         (lambda p, s: (p, s[:0]), r"samples: expected a 2-D \(N, D\) array with at least one row"),
@@ -253,7 +253,8 @@ def test_retrieval_examples_exclude_the_query_not_its_duplicate():
         ({"distance": "poincare"}, "curvature: required for distance 'poincare'"),
         (
             {"distance": "poincare", "curvature": 1.0},
-            r"embeddings: expected points strictly inside the Poincaré ball of radius 1, got row",
+            r"embeddings: expected finite points strictly inside the Poincaré ball of "
+            r"curvature 1 \(radius 1\), got row",
         ),
         ({"embeddings": np.full((30, 4), np.inf)}, "embeddings: expected finite values"),
     ],

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO, validated
 
-from hierpipe.plots.plan import KINDS, figure_plan
+from hierpipe.reporting.plots.plan import KINDS, figure_plan
 
 DEFAULT = validated(yaml.safe_load((REPO / "params/default.yaml").read_text()))
 
@@ -52,8 +52,8 @@ def test_a_grid_over_embedding_dimensions_gets_recall_against_dimension():
 
 
 def test_rendering_names_a_missing_run_output(tmp_path):
-    from hierpipe.errors import HierpipeError
-    from hierpipe.plots.render import render_figures
+    from hierpipe.core.errors import HierpipeError
+    from hierpipe.reporting.plots.render import render_figures
 
     missing = tmp_path / "shapes/softmax-standard-s1/config.yaml"
     with pytest.raises(HierpipeError, match=f"{missing}: file not found"):
@@ -63,9 +63,9 @@ def test_rendering_names_a_missing_run_output(tmp_path):
 def test_recall_against_dimension_draws_one_line_per_method_and_option(tmp_path):
     from PIL import Image
 
-    from hierpipe.plots.canvas import save_figure
-    from hierpipe.plots.plan import Figure
-    from hierpipe.plots.render import DRAWERS, Experiment
+    from hierpipe.reporting.plots.canvas import save_figure
+    from hierpipe.reporting.plots.plan import Figure
+    from hierpipe.reporting.plots.render import DRAWERS, Experiment
 
     rows = [
         ("hier_deit128", "standard", "deit_small_patch16_224", 128, 0.70),

@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_run_steps import _config, data_root  # noqa: F401 (data_root: a fixture)
 
-from hierpipe.config import write_run_config
+from hierpipe.core.config import write_run_config
 
 pytestmark = pytest.mark.slow
 

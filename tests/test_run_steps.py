@@ -10,15 +10,19 @@ import pytest
 import torch
 from conftest import validated
 
-from hierpipe.artifacts import load_model
-from hierpipe.config import SplitConfig, resolve_run_config
+from hierpipe.core.config import SplitConfig, resolve_run_config
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data import make_split, prepare_dataset, read_classes
-from hierpipe.embed import export_embeddings
-from hierpipe.embeddings import read_embeddings, read_representatives, write_embeddings
-from hierpipe.errors import HierpipeError
-from hierpipe.evaluate import evaluate_run
-from hierpipe.metrics import classwise_spearman, retrieval_metrics
+from hierpipe.evaluation.embedding_files import (
+    read_embeddings,
+    read_representatives,
+    write_embeddings,
+)
+from hierpipe.evaluation.evaluate import evaluate_run
+from hierpipe.evaluation.export import export_embeddings
+from hierpipe.evaluation.metrics import classwise_spearman, retrieval_metrics
 from hierpipe.train import engine
+from hierpipe.train.artifacts import load_model
 from hierpipe.train.engine import train_run
 
 
@@ -226,7 +230,7 @@ def exported_hier(data_root, tmp_path_factory):
 
 
 def test_hier_run_exports_its_hierarchical_proxies_and_ball_prototypes(exported_hier):
-    from hierpipe.geometry import poincare_ball
+    from hierpipe.core.geometry import poincare_ball
 
     config, out = exported_hier
     trained = load_model(out / "model.pt")
@@ -249,7 +253,7 @@ def test_hier_run_exports_its_hierarchical_proxies_and_ball_prototypes(exported_
 
 
 def test_hier_run_is_evaluated_in_the_ball(exported_hier, tmp_path):
-    from hierpipe.metrics import induced_tree_measures
+    from hierpipe.evaluation.metrics import induced_tree_measures
 
     config, out = exported_hier
     assert config.evaluate.distance == "poincare"  # `auto` for a Poincaré head
@@ -309,7 +313,7 @@ def test_pair_based_loss_is_validated_by_retrieval(tiny_params, data_root, tmp_p
 
 
 def _initial_network(config):
-    from hierpipe.artifacts import build_network
+    from hierpipe.train.artifacts import build_network
 
     engine.seed_everything(config.seed)
     return build_network(config, 8)[0].state_dict()
@@ -357,7 +361,7 @@ def test_gradient_elements_are_clamped_before_the_step(
 def test_non_finite_gradient_is_an_error_before_the_step(
     tiny_params, data_root, tmp_path, monkeypatch
 ):
-    from hierpipe import artifacts
+    from hierpipe.train import artifacts
 
     config = _config(tiny_params, data_root, model="pa_hier", epochs=1)
     real_build = artifacts.build_network

@@ -37,7 +37,7 @@ from real_runtimes import (
     workflow_checkout,
 )
 
-from hierpipe.tracking import sanitize_metric_name
+from hierpipe.runtime.tracking import sanitize_metric_name
 
 pytestmark = pytest.mark.slow
 
@@ -250,7 +250,7 @@ def test_each_job_ran_in_the_image_on_the_gpus_slurm_gave_it(runs, cluster, imag
 
 
 def _parse_gpu_line(line: str) -> tuple[str, str, str]:
-    # "hierpipe.gpu_slots: SLURM job 4 allocated GPUs [0], running on [0]"
+    # "hierpipe.runtime.gpu_slots: SLURM job 4 allocated GPUs [0], running on [0]"
     words = line.split()
     job_id = words[words.index("job") + 1]
     allocated = line.split("allocated GPUs [")[1].split("]")[0]

@@ -3,7 +3,7 @@
 SLURM's verdict on them is tested on a real cluster in tests/test_slurm.py.
 """
 
-from hierpipe.slurm_requests import SlurmRequest
+from hierpipe.runtime.slurm_requests import SlurmRequest
 
 
 def test_a_gpu_request_becomes_the_options_the_slurm_plugin_submits_it_with():

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from hierpipe.errors import HierpipeError
-from hierpipe.statistics import (
+from hierpipe.core.errors import HierpipeError
+from hierpipe.reporting.statistics import (
     CORRECTIONS,
     Interval,
     adjust_p_values,

@@ -18,10 +18,10 @@ from conftest import REPO, write_yaml
 from mlflow import MlflowClient
 from test_run_steps import _config, data_root  # noqa: F401 (data_root: a fixture)
 
-from hierpipe import tracking
-from hierpipe.embed import export_embeddings
-from hierpipe.errors import HierpipeError
-from hierpipe.evaluate import evaluate_run
+from hierpipe.core.errors import HierpipeError
+from hierpipe.evaluation.evaluate import evaluate_run
+from hierpipe.evaluation.export import export_embeddings
+from hierpipe.runtime import tracking
 from hierpipe.train.engine import train_run
 
 TRACKING_ENV = [
@@ -145,7 +145,7 @@ def test_model_artifact_can_be_switched_off(tiny_params, data_root, tmp_path, mo
 CHILD_JOB = textwrap.dedent(
     """
     import os, sys
-    from hierpipe.tracking import RunTracker
+    from hierpipe.runtime.tracking import RunTracker
 
     with RunTracker(os.environ["MLFLOW_TRACKING_URI"], sys.argv[1], sys.argv[2]) as tracker:
         for step in range(20):

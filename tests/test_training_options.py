@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hierpipe.catalog import TRAINING_OPTIONS, check_option_set, proxies_from_hierarchy
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
+from hierpipe.core.catalog import TRAINING_OPTIONS, check_option_set, proxies_from_hierarchy
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.losses import NormFaceLoss, ProxyClassifierLoss, ProxyDRLoss, build_loss
 from hierpipe.train.options import (
     DynamicScale,
@@ -361,8 +361,8 @@ def test_build_options_runs_in_registry_order() -> None:
             r"'ema'; accepted: alpha",
         ),
         ({"ema": {}, "mds": {}}, r"ema and mds cannot be combined: EMA would move"),
-        ({"ema": {"alpha": 0.0}}, r"ema alpha must be a positive finite number <= 1, got 0.0"),
-        ({"mds": {"steps": 2.5}}, r"mds steps must be an integer >= 1, got 2.5"),
+        ({"ema": {"alpha": 0.0}}, r"ema alpha: expected a positive finite number <= 1, got 0.0"),
+        ({"mds": {"steps": 2.5}}, r"mds steps: expected an integer >= 1, got 2.5"),
         ({"dynamic_scale": {"dr_numerator": "x"}}, r"dr_numerator must be one of"),
         ({"ema": [0.1]}, r"hyperparameters of training option 'ema' must be a mapping"),
     ],

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from hierpipe.config import TrainConfig
+from hierpipe.core.config import TrainConfig
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data.samplers import ClassBalancedBatchSampler
-from hierpipe.errors import HierpipeError
 from hierpipe.losses import HIERLoss, Objective, ProxyAnchorLoss
 from hierpipe.models import EmbeddingNet
 from hierpipe.train.engine import build_optimizer, set_learning_rates
@@ -50,7 +50,7 @@ def test_a_class_with_too_few_samples_draws_with_replacement():
     [
         (7, 2, "batch_size 7 is not a multiple of samples_per_class 2"),
         (12, 2, "needs 6 distinct classes; the training set has 5: lower batch_size to at most 10"),
-        (4, 0, "samples_per_class must be an integer >= 1"),
+        (4, 0, "samples_per_class: expected an integer >= 1"),
     ],
 )
 def test_impossible_batches_are_refused(batch_size, samples_per_class, match):
@@ -124,5 +124,5 @@ def test_objective_adds_the_weighted_regulariser():
     expected = loss(embeddings, labels) + 0.25 * regularizer(embeddings, labels)
     assert total.item() == pytest.approx(expected.item())
     assert objective.last_terms["loss"] == pytest.approx(loss(embeddings, labels).item())
-    with pytest.raises(HierpipeError, match="weight must be a positive finite number"):
+    with pytest.raises(HierpipeError, match="weight: expected a positive finite number"):
         Objective(loss, regularizer, weight=0.0)

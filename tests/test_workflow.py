@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO, write_yaml
 from PIL import Image
 
-from hierpipe.plots.plan import KINDS, figure_plan
+from hierpipe.reporting.plots.plan import KINDS, figure_plan
 
 pytestmark = pytest.mark.slow
 

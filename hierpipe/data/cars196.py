@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
@@ -40,8 +42,6 @@ from hierpipe.data.tables import (
     write_samples,
 )
 from hierpipe.data.verify import ON_BAD_IMAGE, check_images
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
 
 _BASE = "http://ai.stanford.edu/~jkrause/car196"
 # Stanford publishes no checksums; these md5s are the ones that the Cars196 loaders of

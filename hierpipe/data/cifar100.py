@@ -36,6 +36,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.hierarchy_files import parse_path_csv
 from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
@@ -47,8 +49,6 @@ from hierpipe.data.tables import (
     write_predefined_splits,
     write_samples,
 )
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
 
 log = logging.getLogger(__name__)
 

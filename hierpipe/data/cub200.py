@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.hierarchy_files import class_paths, parse_id_names, parse_indented_tree
 from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
@@ -31,8 +33,6 @@ from hierpipe.data.tables import (
     write_samples,
 )
 from hierpipe.data.verify import ON_BAD_IMAGE, check_images
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
 
 _HIERARCHY_BASE = (
     "https://raw.githubusercontent.com/cvjena/semantic-embeddings/master/CUB-Hierarchy"

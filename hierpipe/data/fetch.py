@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 
 
 class DownloadError(HierpipeError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 
 # cvjena/semantic-embeddings' CUB files indent each level by two more dashes.
 _DASHES_PER_LEVEL = 2

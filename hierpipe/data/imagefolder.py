@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.tables import begin_dataset, write_classes, write_samples
 from hierpipe.data.verify import ON_BAD_IMAGE, check_images
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
 
 NAME = "imagefolder"
 IMAGES_DIR = "images"

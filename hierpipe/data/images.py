@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 
 Transform = Callable[[Image.Image], torch.Tensor]
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
@@ -37,8 +39,6 @@ from hierpipe.data.tables import (
     write_samples,
 )
 from hierpipe.data.verify import ON_BAD_IMAGE, check_images
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
 
 _PAGE = "http://mmlab.ie.cuhk.edu.hk/projects/DeepFashion.html"
 IMAGES_ARCHIVE = "img.zip"

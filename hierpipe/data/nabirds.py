@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree, NodePath
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
 from hierpipe.data.sources import raw_dir
@@ -42,8 +44,6 @@ from hierpipe.data.tables import (
     write_samples,
 )
 from hierpipe.data.verify import ON_BAD_IMAGE, check_images
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree, NodePath
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data.fetch import DownloadError
-from hierpipe.errors import HierpipeError
 
 OptionValue = str | int | float | bool
 

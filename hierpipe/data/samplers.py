@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from hierpipe.checks import check_int
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.validation import check_int
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.registry import DatasetBuilder, register_dataset
 from hierpipe.data.tables import begin_dataset, write_classes, write_samples
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
 
 
 def _ring(count: int, radii: float | list[float] = 1.0, phase: float = 0.0) -> np.ndarray:

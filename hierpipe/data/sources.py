@@ -10,8 +10,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data.fetch import RemoteFile, fetch
-from hierpipe.errors import HierpipeError
 
 
 def raw_dir(files: Sequence[RemoteFile], source: str | None, out_dir: Path) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hierpipe.core.errors import HierpipeError
 from hierpipe.data.tables import SPLITS_DIR, read_dataset, read_predefined_split, write_split
-from hierpipe.errors import HierpipeError
 
 _FRACTION_TOLERANCE = 1e-6
 

@@ -21,10 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hierpipe.config import json_mapping
-from hierpipe.errors import HierpipeError
-from hierpipe.hierarchy import ClassTree
-from hierpipe.io import read_parquet, write_parquet_atomic
+from hierpipe.core.config import json_mapping
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.hierarchy import ClassTree
+from hierpipe.core.io import read_parquet, write_parquet_atomic
 
 SAMPLES_FILE = "samples.parquet"
 CLASSES_FILE = "classes.parquet"

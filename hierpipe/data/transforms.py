@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from torchvision import transforms
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 
 if TYPE_CHECKING:
-    from hierpipe.config import TrainConfig
+    from hierpipe.core.config import TrainConfig
 
 AUGMENTATIONS = ("none", "flip", "affine", "random_resized_crop")
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 
 log = logging.getLogger(__name__)
 

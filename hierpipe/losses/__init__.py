@@ -2,8 +2,8 @@
 
 Adding a loss: one new module defining a `ProxyClassifierLoss` subclass (or a pair-based
 `nn.Module` with `forward(embeddings, labels)` and `normalized_embeddings`), plus its entry in
-`hierpipe.catalog.LOSSES`. A regulariser (HIER) is an `nn.Module` with the same `forward`,
-registered in `hierpipe.catalog.REGULARIZERS`; a run adds it to its loss with a weight
+`hierpipe.core.catalog.LOSSES`. A regulariser (HIER) is an `nn.Module` with the same `forward`,
+registered in `hierpipe.core.catalog.REGULARIZERS`; a run adds it to its loss with a weight
 (`Objective`).
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from hierpipe import catalog
-from hierpipe.catalog import SUPPLIED_ARGUMENTS
+from hierpipe.core import catalog
+from hierpipe.core.catalog import SUPPLIED_ARGUMENTS
 from hierpipe.losses.base import ProxyClassifierLoss, ScaledCosineProxyLoss
 from hierpipe.losses.corr import CORRLoss
 from hierpipe.losses.hier import HIERLoss
@@ -27,7 +27,7 @@ from hierpipe.losses.proxy_anchor import ProxyAnchorLoss
 from hierpipe.losses.proxydr import ProxyDRLoss
 from hierpipe.losses.softmax import SoftmaxLoss
 
-# The classes behind the names of hierpipe.catalog, which declares each one's metadata.
+# The classes behind the names of hierpipe.core.catalog, which declares each one's metadata.
 LOSSES: dict[str, type[nn.Module]] = {name: entry.load() for name, entry in catalog.LOSSES.items()}
 REGULARIZERS: dict[str, type[nn.Module]] = {
     name: entry.load() for name, entry in catalog.REGULARIZERS.items()

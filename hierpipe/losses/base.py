@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hierpipe.checks import check_int, check_number
-from hierpipe.errors import HierpipeError
-from hierpipe.losses.checks import check_batch
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.validation import check_batch, check_int, check_number
 
 
 class ProxyClassifierLoss(nn.Module, ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 from hierpipe.losses.proxydr import ProxyDRLoss
 
 REDUCTIONS = ("sum", "mean")
@@ -15,7 +15,7 @@ class CORRLoss(ProxyDRLoss):
     """Training loss `sum_i (1 - cos(z_i, w_{y_i}))`; scored with the ProxyDR logits.
 
     The class embeddings must be fixed by the MDS option (`needs_fixed_proxies` in
-    hierpipe.catalog).
+    hierpipe.core.catalog).
     `reduction="sum"` is the public code's choice; "mean" divides by the batch size
     (section 10, Q6). `scale` only enters the logits, which prediction ignores.
     """

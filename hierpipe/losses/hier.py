@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hierpipe.checks import check_int, check_number
-from hierpipe.errors import HierpipeError
-from hierpipe.geometry import pairwise_distances, to_poincare
-from hierpipe.losses.checks import check_batch, check_in_ball
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.geometry import pairwise_distances, to_poincare
+from hierpipe.core.validation import check_batch, check_in_ball, check_int, check_number
 
 # geometry -> pairwise_distances metric. "sphere" is hierpipe's HIERsph (hier.md 6.10: unit
 # proxies, 2 - 2cos); "euclidean" is a hierpipe variant. Neither exists in the public code.
@@ -100,7 +99,7 @@ class HIERLoss(nn.Module):
                 f"got {tuple(embeddings.shape)}"
             )
         if self.geometry == "poincare":
-            check_in_ball(embeddings, self.curvature)
+            check_in_ball("embeddings", embeddings, self.curvature)
         elif not bool(torch.isfinite(embeddings).all()):
             raise HierpipeError("embeddings must be finite")
         proxies = self._mapped_proxies()

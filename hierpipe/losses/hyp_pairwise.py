@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hierpipe.checks import check_number
-from hierpipe.errors import HierpipeError
-from hierpipe.geometry import poincare_cdist
-from hierpipe.losses.checks import check_batch, check_in_ball
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.geometry import poincare_cdist
+from hierpipe.core.validation import check_batch, check_in_ball, check_number
 
 
 def _views(labels: Tensor) -> int:
@@ -52,7 +51,7 @@ class HypPairwiseLoss(nn.Module):
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """The loss of a batch laid out as groups of consecutive same-class samples (scalar)."""
         check_batch(embeddings, labels)
-        check_in_ball(embeddings, self.curvature)
+        check_in_ball("embeddings", embeddings, self.curvature)
         ipc = _views(labels)
         groups = len(labels) // ipc
         logits = -poincare_cdist(embeddings, embeddings, self.curvature) / self.temperature

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hierpipe.checks import check_number
-from hierpipe.losses.checks import check_batch
+from hierpipe.core.validation import check_batch, check_number
 from hierpipe.losses.proxy_anchor import log1p_sum_exp
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from hierpipe.checks import check_number
+from hierpipe.core.validation import check_number
 
 
 class Objective(nn.Module):

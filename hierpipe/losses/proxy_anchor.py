@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hierpipe.checks import check_number
+from hierpipe.core.validation import check_number
 from hierpipe.losses.base import ProxyClassifierLoss
 
 

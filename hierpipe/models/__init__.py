@@ -1,6 +1,6 @@
 """Embedding networks: a timm backbone with a Euclidean, spherical or Poincaré embedding head."""
 
-from hierpipe.catalog import HEADS
+from hierpipe.core.catalog import HEADS
 from hierpipe.models.embedding_net import (
     EmbeddingNet,
     load_backbone_weights,

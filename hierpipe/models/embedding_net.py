@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hierpipe.catalog import HEADS
-from hierpipe.checks import check_int
-from hierpipe.errors import HierpipeError
-from hierpipe.geometry import ToPoincare
-from hierpipe.io import torch_load_problem
+from hierpipe.core.catalog import HEADS
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.geometry import ToPoincare
+from hierpipe.core.io import torch_load_problem
+from hierpipe.core.validation import check_int
 
 ALLOW_DOWNLOAD_ENV = "HIERPIPE_ALLOW_DOWNLOAD"
 

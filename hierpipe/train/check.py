@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hierpipe.config import RunConfig
-from hierpipe.errors import HierpipeError
+from hierpipe.core.config import RunConfig
+from hierpipe.core.errors import HierpipeError
 
 
 def check_run_components(config: RunConfig) -> None:
@@ -11,7 +11,7 @@ def check_run_components(config: RunConfig) -> None:
     backbone up in timm: a bad value fails here, before training reads any data, naming the
     run and the model.
 
-    Parsing the workflow checks names and combinations without torch (hierpipe.config.
+    Parsing the workflow checks names and combinations without torch (hierpipe.core.config.
     check_params); values are the classes' own business.
     """
     import timm

@@ -24,24 +24,24 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from hierpipe.artifacts import (
+from hierpipe.core.config import LR_GROUPS, RunConfig, TrainConfig
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.io import write_parquet_atomic
+from hierpipe.data import ImageTableDataset, read_dataset, read_split
+from hierpipe.data.samplers import ClassBalancedBatchSampler
+from hierpipe.data.transforms import recipe_transforms
+from hierpipe.evaluation.metrics import retrieval_metrics
+from hierpipe.losses import Objective
+from hierpipe.models import EmbeddingNet, select_device
+from hierpipe.runtime.tracking import NullTracker, RunTracker, run_tracker
+from hierpipe.train.accelerator import Accelerator
+from hierpipe.train.artifacts import (
     build_network,
     load_torch,
     save_model,
     save_torch_atomic,
     state_dict_problem,
 )
-from hierpipe.config import LR_GROUPS, RunConfig, TrainConfig
-from hierpipe.data import ImageTableDataset, read_dataset, read_split
-from hierpipe.data.samplers import ClassBalancedBatchSampler
-from hierpipe.data.transforms import recipe_transforms
-from hierpipe.errors import HierpipeError
-from hierpipe.io import write_parquet_atomic
-from hierpipe.losses import Objective
-from hierpipe.metrics import retrieval_metrics
-from hierpipe.models import EmbeddingNet, select_device
-from hierpipe.tracking import NullTracker, RunTracker, run_tracker
-from hierpipe.train.accelerator import Accelerator
 from hierpipe.train.check import check_run_components
 from hierpipe.train.options import OptionContext, build_options
 
@@ -109,7 +109,7 @@ def train_run(
 ) -> None:
     """Train (or, for the untrained baseline, initialise) one run and write its outputs.
 
-    Inside the workflow the run is also an MLflow child run (hierpipe.tracking): params, one
+    Inside the workflow the run is also an MLflow child run (hierpipe.runtime.tracking): params, one
     metric batch per epoch, then the config, the log and the model as artifacts.
     """
     check_run_components(config)

@@ -1,8 +1,8 @@
 # Helpers shared by the rules: the run grid and each run's resolved config.
 import json
 
-from hierpipe.plots.plan import FORMATS, figure_plan
-from hierpipe.config import (
+from hierpipe.reporting.plots.plan import FORMATS, figure_plan
+from hierpipe.core.config import (
     RUN_ID_PATTERN,
     check_params,
     grid,

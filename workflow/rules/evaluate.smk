@@ -19,7 +19,7 @@ rule embed:
     group:
         "run"
     shell:
-        "python -m hierpipe.gpu_slots run --"
+        "python -m hierpipe.runtime.gpu_slots run --"
         " hierpipe embed --model {input.model} --embeddings-out {output.embeddings}"
         " --representatives-out {output.representatives} --threads {threads} > {log} 2>&1"
 

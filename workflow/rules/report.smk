@@ -2,7 +2,7 @@
 # gathers them with their captions (workflow/report/*.rst) and the resolved params.
 import json
 
-from hierpipe.plots.plan import GROUPS
+from hierpipe.reporting.plots.plan import GROUPS
 
 
 rule experiment_params:

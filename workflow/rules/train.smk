@@ -37,7 +37,7 @@ rule train:
     group:
         "run"
     shell:
-        "python -m hierpipe.gpu_slots run --"
+        "python -m hierpipe.runtime.gpu_slots run --"
         " hierpipe train --config {input.config} --model-out {output.model}"
         " --log-out {output.log} --checkpoint-dir {params.checkpoint_dir}"
         " --threads {threads} > {log} 2>&1"

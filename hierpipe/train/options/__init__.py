@@ -1,4 +1,4 @@
-"""Training options: the classes behind the names of `hierpipe.catalog.TRAINING_OPTIONS`.
+"""Training options: the classes behind the names of `hierpipe.core.catalog.TRAINING_OPTIONS`.
 
 Adding an option: one module defining a `TrainingOption` subclass, plus its entry in the
 catalog, which declares its hyperparameters, the losses it trains and whether it fixes the
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hierpipe import catalog
+from hierpipe.core import catalog
 from hierpipe.train.options.base import OptionContext, TrainingOption
 from hierpipe.train.options.dynamic_scale import DynamicScale
 from hierpipe.train.options.ema import EMAProxies

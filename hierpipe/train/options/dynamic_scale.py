@@ -17,7 +17,7 @@ import torch
 from scipy.optimize import fsolve
 from torch import Tensor
 
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
 from hierpipe.losses.base import ProxyClassifierLoss
 from hierpipe.losses.normface import NormFaceLoss
 from hierpipe.losses.proxydr import ProxyDRLoss

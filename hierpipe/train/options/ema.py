@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hierpipe.checks import check_number
+from hierpipe.core.validation import check_number
 from hierpipe.train.options.base import (
     OptionContext,
     TrainingOption,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hierpipe.checks import check_int, check_number
-from hierpipe.errors import HierpipeError
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.validation import check_int, check_number
 from hierpipe.train.options.base import (
     OptionContext,
     TrainingOption,

@@ -1,0 +1,1 @@
+"""Embedding export and evaluation: a trained run's embeddings, its metrics."""

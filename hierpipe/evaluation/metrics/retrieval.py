@@ -1,0 +1,342 @@
+"""Retrieval on embeddings: nearest neighbours, Recall@k, P@1, R-Precision and MAP@R."""
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from hierpipe.core.errors import HierpipeError
+from hierpipe.core.geometry import check_metric, pairwise_distances
+from hierpipe.core.validation import as_tensor, check_in_ball, check_int, check_ks, check_labels
+from hierpipe.evaluation.metrics.closeness import Closeness
+
+Array = np.ndarray | torch.Tensor
+
+# references per tile of a similarity block whose maximum is checked before its entries
+_TILE = 64
+
+
+def _embeddings(name: str, x: Array, dtype: torch.dtype) -> torch.Tensor:
+    t = as_tensor(name, x, dtype)
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise HierpipeError(
+            f"{name}: expected a non-empty (N, D) array, got shape {tuple(t.shape)}"
+        )
+    if not torch.isfinite(t).all():
+        raise HierpipeError(f"{name}: expected finite values, found NaN or Inf")
+    return t
+
+
+def _search_space(
+    query: Array,
+    reference: Array | None,
+    distance: str,
+    curvature: float | None,
+    chunk_size: int,
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated query and reference embeddings (the query itself when ``reference`` is None),
+    in ``dtype``: by default float64 for ``poincare``, where 1 - c||x||^2 near the boundary
+    needs it to separate near ties (hier.md 3.3), else float32."""
+    check_metric(distance, curvature, "distance")
+    check_int("chunk_size", chunk_size, 1)
+    if dtype is None:
+        dtype = torch.float64 if distance == "poincare" else torch.float32
+    q = _embeddings("query", query, dtype)
+    if reference is None:
+        ref = q
+    else:
+        ref = _embeddings("reference", reference, dtype).to(q.device)
+        if ref.shape[1] != q.shape[1]:
+            raise HierpipeError(
+                f"reference: expected dimension {q.shape[1]} like query, got {ref.shape[1]}"
+            )
+    if distance == "poincare":
+        check_in_ball("query", q, curvature)
+        check_in_ball("reference", ref, curvature)
+    return q, ref
+
+
+def _neighbour_chunks(
+    q: torch.Tensor,
+    ref: torch.Tensor,
+    depth: int,
+    distance: str,
+    curvature: float | None,
+    self_reference: bool,
+    chunk_size: int,
+) -> Iterator[torch.Tensor]:
+    """The ``depth`` nearest references of each query, nearest first, chunk by chunk of
+    queries; memory is O(chunk_size x len(ref))."""
+    for start in range(0, len(q), chunk_size):
+        chunk = torch.arange(start, min(start + chunk_size, len(q)), device=q.device)
+        dist = pairwise_distances(q[chunk], ref, distance, curvature)
+        if self_reference:
+            dist[torch.arange(len(chunk), device=q.device), chunk] = float("inf")
+        yield torch.topk(dist, depth, dim=1, largest=False).indices
+
+
+def nearest_neighbours(
+    query: Array,
+    k: int,
+    reference: Array | None = None,
+    distance: str = "cosine",
+    *,
+    curvature: float | None = None,
+    chunk_size: int = 1024,
+    dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """(Nq, k) indices into ``reference`` of each query's k nearest references, nearest first.
+
+    Without ``reference`` the query set is its own reference and each query's own row is
+    excluded by index (proxydr.md 6.4: "the first element of the sorted order is dropped").
+    k larger than the number of available references is an error. ``distance``, ``curvature``,
+    chunking and ``dtype`` as in ``retrieval_metrics``; the order among equally distant
+    references is unspecified.
+    """
+    q, ref = _search_space(query, reference, distance, curvature, chunk_size, dtype)
+    self_reference = reference is None
+    k = check_int("k", k, 1)
+    available = len(ref) - int(self_reference)
+    if k > available:
+        raise HierpipeError(f"k: expected at most {available} (the available references), got {k}")
+    chunks = _neighbour_chunks(q, ref, k, distance, curvature, self_reference, chunk_size)
+    return torch.cat(list(chunks)).cpu().numpy()
+
+
+def retrieval_metrics(
+    query: Array,
+    query_labels: Array,
+    reference: Array | None = None,
+    reference_labels: Array | None = None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    distance: str = "cosine",
+    *,
+    curvature: float | None = None,
+    chunk_size: int = 2048,
+    dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Recall@k for each k in ``ks``, ``precision@1``, ``r_precision`` and ``map@r``.
+
+    Without ``reference`` the query set is its own reference and each query's own row is
+    excluded by index (duplicates of a point still count). R is the number of references
+    sharing the query's label (self excluded); R-Precision and MAP@R follow Musgrave et al.,
+    as in pytorch-metric-learning's ``AccuracyCalculator``.
+
+    Queries with R = 0 are left out of every average, as ``AccuracyCalculator`` does with
+    its "lone" queries (it has no Recall@k; the same rule keeps recall@1 == precision@1).
+    If no query has R > 0, every value is NaN. A k larger than the number of available
+    references is clamped to it. ``distance`` is one of ``hierpipe.core.geometry.METRICS``;
+    ``poincare`` ranks by Poincaré distance (HIER's test-time similarity is its negative,
+    hier.md 8.1), needs ``curvature`` and embeddings strictly inside that ball. Comparisons
+    are decided in ``dtype``, by default float64 for ``poincare`` and float32 otherwise; a
+    reference exactly as close as a relevant one ranks after it.
+
+    All the measures follow from the rank of each relevant reference, that is from how
+    many other references are closer than it. These counts come from one sweep over
+    ``chunk_size`` x ``chunk_size`` blocks of similarities (memory O(chunk_size^2)), in
+    float32, keeping only the entries closer than a query's relevant references; within
+    float32's error bound of one, a pair is recomputed in ``dtype``. Without ``reference``
+    each block serves both its rows and, transposed, its columns, so every pair is computed
+    once.
+    """
+    q, ref = _search_space(query, reference, distance, curvature, chunk_size, dtype)
+    q_labels = check_labels("query_labels", as_tensor("query_labels", query_labels), len(q))
+    q_labels = q_labels.to(q.device)
+    self_reference = reference is None
+    if self_reference:
+        if reference_labels is not None:
+            raise HierpipeError("reference_labels: expected None when reference is None")
+        ref_labels = q_labels
+    else:
+        if reference_labels is None:
+            raise HierpipeError("reference_labels: expected labels when reference is given")
+        ref_labels = check_labels(
+            "reference_labels", as_tensor("reference_labels", reference_labels), len(ref)
+        ).to(q.device)
+    ks = check_ks(ks)
+
+    # Sorted by label, a query's relevant references are one contiguous run, and the
+    # same-label pairs lie in the few blocks near the diagonal.
+    q_order = torch.argsort(q_labels, stable=True)
+    q, q_labels = q[q_order], q_labels[q_order]
+    if self_reference:
+        ref, ref_labels = q, q_labels
+    else:
+        ref_order = torch.argsort(ref_labels, stable=True)
+        ref, ref_labels = ref[ref_order], ref_labels[ref_order]
+    closeness = Closeness(q, ref, distance, curvature)
+    relevant = _RelevantKeys(closeness, q_labels, ref_labels, self_reference)
+    names = [f"recall@{k}" for k in ks] + ["precision@1", "r_precision", "map@r"]
+    scored = relevant.counts > 0
+    if not scored.any():
+        return dict.fromkeys(names, float("nan"))
+
+    available = len(ref) - int(self_reference)
+    sweep = _CloserCounts(closeness, relevant, min(max(ks), available))
+    for row_start in range(0, len(q), chunk_size):
+        rows = slice(row_start, row_start + chunk_size)
+        for column_start in range(row_start if self_reference else 0, len(ref), chunk_size):
+            columns = slice(column_start, column_start + chunk_size)
+            keys = closeness.block(rows, columns)
+            row_labels, column_labels = q_labels[rows], ref_labels[columns]
+            if row_labels[-1] >= column_labels[0] and column_labels[-1] >= row_labels[0]:
+                # relevant pairs (and self) are ranked from their exact keys, not counted
+                same = row_labels[:, None] == column_labels[None, :]
+                keys.masked_fill_(same, float("-inf"))
+            row_margin, column_margin = closeness.block_margins(rows, columns)
+            sweep.add(keys, row_start, column_start, row_margin)
+            if self_reference and column_start != row_start:
+                sweep.add(keys, column_start, row_start, column_margin, True)
+    return _measures(sweep.closer[scored], relevant.counts[scored], ks, names)
+
+
+def _measures(
+    closer: torch.Tensor, r_counts: torch.Tensor, ks: tuple[int, ...], names: list[str]
+) -> dict[str, float]:
+    """Averages over queries, from the number of irrelevant references closer than each
+    relevant one (``closer``, (N, max R), relevant ones in order) and their number R."""
+    closer = closer.double()
+    r = r_counts.double()
+    position = torch.arange(1, closer.shape[1] + 1, device=closer.device, dtype=torch.float64)
+    rank = position + closer
+    within_r = (position <= r[:, None]) & (rank <= r[:, None])
+    first_rank = rank[:, 0]
+    values = [(first_rank <= k).double() for k in ks] + [
+        (first_rank == 1).double(),
+        within_r.sum(dim=1) / r,
+        (within_r * position / rank).sum(dim=1) / r,
+    ]
+    return {name: value.mean().item() for name, value in zip(names, values, strict=True)}
+
+
+def _entries_at_least(
+    keys: torch.Tensor, floor: torch.Tensor, queries_along_columns: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query, reference) indices of the entries of ``keys`` at least their query's
+    ``floor``. Few entries qualify, so tiles of _TILE references whose maximum falls short
+    are skipped whole; the maxima are taken along memory order, which is fast both ways."""
+    along = 0 if queries_along_columns else 1
+    full = keys.shape[along] - keys.shape[along] % _TILE
+    if queries_along_columns:
+        tiles = keys[:full].unflatten(0, (-1, _TILE))  # (tile, offset, query)
+        tile, query = torch.nonzero(tiles.amax(dim=1) >= floor[None, :], as_tuple=True)
+        candidates = tiles[tile, :, query]
+        rest = keys[full:].T
+    else:
+        tiles = keys[:, :full].unflatten(1, (-1, _TILE))  # (query, tile, offset)
+        query, tile = torch.nonzero(tiles.amax(dim=2) >= floor[:, None], as_tuple=True)
+        candidates = tiles[query, tile]
+        rest = keys[:, full:]
+    hit, offset = torch.nonzero(candidates >= floor[query, None], as_tuple=True)
+    rest_query, rest_offset = torch.nonzero(rest >= floor[:, None], as_tuple=True)
+    return (
+        torch.cat([query[hit], rest_query]),
+        torch.cat([tile[hit] * _TILE + offset, rest_offset + full]),
+    )
+
+
+class _RelevantKeys:
+    """Each query's relevant references (same label, self excluded): ``counts`` (N,) and
+    their exact closeness keys, nearest first, ``keys`` (N, max R), padded with +inf.
+    Labels must be sorted."""
+
+    def __init__(
+        self,
+        closeness: Closeness,
+        q_labels: torch.Tensor,
+        ref_labels: torch.Tensor,
+        self_reference: bool,
+    ) -> None:
+        device = q_labels.device
+        starts = torch.searchsorted(ref_labels, q_labels)
+        run = torch.searchsorted(ref_labels, q_labels, right=True) - starts
+        query_index = torch.repeat_interleave(torch.arange(len(q_labels), device=device), run)
+        ref_index = starts[query_index] + _position_in_run(run, query_index)
+        if self_reference:
+            keep = ref_index != query_index
+            query_index, ref_index = query_index[keep], ref_index[keep]
+            run = (run - 1).clamp(min=0)
+        self.counts = run
+        width = max(int(run.max()), 1)
+        padded = torch.full(
+            (len(q_labels), width), float("-inf"), dtype=closeness.dtype, device=device
+        )
+        slot = _position_in_run(run, query_index)
+        padded[query_index, slot] = closeness.exact(query_index, ref_index)
+        keys = padded.sort(dim=1, descending=True).values
+        empty = torch.arange(width, device=device)[None, :] >= run[:, None]
+        self.keys = keys.masked_fill_(empty, float("inf"))
+
+
+def _position_in_run(run: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Position of each entry within its owner's run, for entries laid out run after run
+    (``owner``: the run each entry belongs to, ``run``: the runs' lengths)."""
+    run_starts = torch.cumsum(run, 0) - run
+    return torch.arange(len(owner), device=owner.device) - run_starts[owner]
+
+
+class _CloserCounts:
+    """For each query and each of its relevant references (nearest first), the number of
+    irrelevant references closer than it: ``closer`` (N, max R), accumulated block by block.
+
+    Only counts that can still change a measure are kept up to date, so each block is
+    filtered by one comparison per query against its ``floor``: the farthest relevant
+    reference that is still within rank R, or the nearest one while its rank can still
+    decide a Recall@k (k <= max_k); past both, the query is done (floor +inf).
+    """
+
+    def __init__(self, closeness: Closeness, relevant: _RelevantKeys, max_k: int) -> None:
+        self.closeness = closeness
+        self.relevant = relevant
+        self.max_k = max_k
+        n, width = relevant.keys.shape
+        self.closer = torch.zeros(n, width, dtype=torch.int32, device=relevant.keys.device)
+        self.position = torch.arange(1, width + 1, device=relevant.keys.device)
+        self.floor = relevant.keys.new_empty(n)
+        self.search_floor = self.floor.new_empty(n, dtype=closeness.search_dtype)
+        self._update(torch.arange(n, device=relevant.keys.device))
+
+    def add(
+        self,
+        keys: torch.Tensor,
+        query_start: int,
+        reference_start: int,
+        margin: torch.Tensor,
+        queries_along_columns: bool = False,
+    ) -> None:
+        """Count the block ``keys`` (queries from query_start, references from
+        reference_start; queries are its rows, or its columns if ``queries_along_columns``),
+        whose entries are within ``margin`` (one per query) of their exact value."""
+        floor = self.search_floor[query_start : query_start + len(margin)] - margin
+        query, reference = _entries_at_least(keys, floor, queries_along_columns)
+        if len(query) == 0:
+            return
+        value = keys[reference, query] if queries_along_columns else keys[query, reference]
+        value = value.to(self.relevant.keys.dtype)
+        pair_margin = margin[query].to(value.dtype)[:, None]
+        query, reference = query + query_start, reference + reference_start
+        thresholds = self.relevant.keys[query]
+        gap = value[:, None] - thresholds
+        closer = gap > pair_margin
+        unsure = torch.nonzero((gap.abs() <= pair_margin).any(dim=1)).squeeze(1)
+        if len(unsure):
+            exact = self.closeness.exact(query[unsure], reference[unsure])
+            closer[unsure] = exact[:, None] > thresholds[unsure]
+        self.closer.index_add_(0, query, closer.int())
+        self._update(torch.unique(query))
+
+    def _update(self, rows: torch.Tensor) -> None:
+        keys = self.relevant.keys[rows]
+        r = self.relevant.counts[rows]
+        first_rank = 1 + self.closer[rows, 0]
+        within_r = (self.position + self.closer[rows] <= r[:, None]).sum(dim=1)
+        floor = keys.gather(1, (within_r - 1).clamp(min=0)[:, None]).squeeze(1)
+        done = (first_rank > self.max_k) & (first_rank > r)
+        self.floor[rows] = floor.masked_fill(done, float("inf"))
+        # rounded down, so that the search-precision floor never excludes a candidate
+        search = self.floor[rows].to(self.search_floor.dtype)
+        too_high = search.to(self.floor.dtype) > self.floor[rows]
+        self.search_floor[rows] = torch.where(
+            too_high, torch.nextafter(search, search.new_tensor(float("-inf"))), search
+        )

@@ -1,0 +1,1 @@
+"""Across runs: aggregate tables, statistics, comparisons, the paper table and the figures."""

@@ -1,0 +1,1 @@
+"""Where and how the stages run: MLflow tracking, GPU slots, SLURM requests."""
