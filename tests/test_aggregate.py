@@ -190,6 +190,15 @@ def test_a_question_naming_an_unknown_model_is_refused():
         questions_from_params(params)
 
 
+def test_a_question_naming_an_unknown_measure_is_refused():
+    question = {"name": "q", "treatment": {"model": "pa"}, "control": {"model": "pa"}}
+    params = {"models": {"pa": {}}, "comparisons": [{**question, "measures": ["retrieval/ndcg"]}]}
+    with pytest.raises(
+        HierpipeError, match=r"comparisons\[0\] \('q'\): measures: unknown measure 'retrieval/ndcg'"
+    ):
+        questions_from_params(params)
+
+
 def test_best_value_per_column_among_learned_models(tmp_path):
     ahc = "classification/logits/ahc"  # a cost: lower is better
     rho = "hierarchy/proxy/classwise_spearman"

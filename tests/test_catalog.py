@@ -1,12 +1,16 @@
 """hierpipe.core.catalog against the classes it names: what params checking knows without torch
 must be what the classes do."""
 
+import dataclasses
+import importlib
 import inspect
+import pkgutil
 
 import pytest
 
+import hierpipe.data
 from hierpipe.core import catalog
-from hierpipe.data.registry import _REGISTRY as DATASET_BUILDERS
+from hierpipe.data.registry import DatasetBuilder, get_dataset
 from hierpipe.losses import ProxyClassifierLoss, ScaledCosineProxyLoss
 from hierpipe.train.options.base import TrainingOption
 from hierpipe.train.options.dynamic_scale import _LOSS_KINDS
@@ -63,10 +67,27 @@ def test_options_are_training_options_that_fix_what_they_freeze(name):
     assert not entry.fixes_proxies or cls.freezes_proxies
 
 
-def test_every_registered_dataset_is_in_the_catalog():
-    import hierpipe.data  # noqa: F401  (registers the builders)
+@pytest.mark.parametrize("name", sorted(catalog.DATASETS))
+def test_each_dataset_entry_is_a_builder_with_frozen_options(name):
+    builder = get_dataset(name)
+    assert isinstance(builder, DatasetBuilder) and builder.name == name
+    assert dataclasses.is_dataclass(builder.Options)
+    assert builder.Options.__dataclass_params__.frozen
 
-    assert set(catalog.DATASETS) == set(DATASET_BUILDERS)
+
+def test_every_dataset_builder_of_the_package_is_in_the_catalog():
+    builders = set()
+    for module in pkgutil.iter_modules(hierpipe.data.__path__):
+        loaded = importlib.import_module(f"hierpipe.data.{module.name}")
+        builders |= {
+            f"{loaded.__name__}:{name}"
+            for name, value in vars(loaded).items()
+            if isinstance(value, type)
+            and issubclass(value, DatasetBuilder)
+            and value is not DatasetBuilder
+            and value.__module__ == loaded.__name__
+        }
+    assert builders == {entry.target for entry in catalog.DATASETS.values()}
 
 
 def test_unknown_names_list_the_known_ones():

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import hierpipe.data.imagefolder  # noqa: F401  (registers the dataset)
 from hierpipe.core.errors import HierpipeError
 from hierpipe.data.registry import prepare_dataset
 from hierpipe.data.tables import read_dataset

@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from hierpipe.core import catalog
 from hierpipe.core.errors import HierpipeError
 from hierpipe.data import get_dataset, prepare_dataset, read_dataset
-from hierpipe.data.registry import DatasetBuilder, parse_options, register_dataset
+from hierpipe.data.registry import DatasetBuilder, parse_options
 from hierpipe.data.shapes import SHAPES, TEXTURES, ShapesBuilder
 
 SMALL = {"image_size": 16, "images_per_class": 3, "families": 2, "genera_per_family": 2}
@@ -168,20 +170,21 @@ def test_shapes_takes_no_source(tmp_path: Path) -> None:
         prepare_dataset("shapes", tmp_path, SMALL, source="http://example.org/shapes.zip")
 
 
-def test_registry_errors() -> None:
-    with pytest.raises(HierpipeError, match=r"unknown dataset 'nope'; known: .*shapes"):
+class Unfrozen(DatasetBuilder):
+    @dataclass
+    class Options:
+        size: int = 1
+
+    def prepare(self, out_dir: Path, options: Any, source: str | None) -> None:
+        raise AssertionError("never prepared")
+
+
+def test_registry_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(HierpipeError, match=r"unknown dataset 'nope'; known datasets: .*shapes"):
         get_dataset("nope")
-
-    class Unfrozen(_Typed):
-        @dataclass
-        class Options:
-            size: int = 1
-
-    with pytest.raises(HierpipeError, match="registered twice"):
-        register_dataset("shapes")(Unfrozen)
-    with pytest.raises(HierpipeError, match="Options must be a frozen dataclass"):
-        register_dataset("test-unfrozen")(Unfrozen)
-    with pytest.raises(HierpipeError, match="unknown dataset 'test-unfrozen'"):
+    entry = catalog.Dataset(f"{__name__}:Unfrozen")
+    monkeypatch.setitem(catalog.DATASETS, "test-unfrozen", entry)
+    with pytest.raises(HierpipeError, match="'test-unfrozen': Options must be a frozen dataclass"):
         get_dataset("test-unfrozen")
 
 

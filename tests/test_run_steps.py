@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import validated
 
+from hierpipe.core import catalog
 from hierpipe.core.config import SplitConfig, resolve_run_config
 from hierpipe.core.errors import HierpipeError
 from hierpipe.data import make_split, prepare_dataset, read_classes
@@ -171,6 +172,17 @@ def test_metrics_agree_with_direct_computations(exported, tmp_path):
         written["run"] == "proxydr-standard-s1"
         and written["metrics"]["retrieval/recall@1"] is not None
     )
+
+
+def test_every_measure_evaluation_writes_is_declared(exported, exported_hier, tmp_path):
+    """The measure registry (hierpipe.core.catalog.MEASURES) that gives tables their column
+    titles and directions declares each measure written, and nothing never written."""
+    written = set()
+    for index, (config, out) in enumerate((exported, exported_hier)):
+        representatives = out / "representatives.parquet"
+        metrics = tmp_path / f"{index}.json"
+        written |= set(evaluate_run(config, out / "embeddings.parquet", representatives, metrics))
+    assert {catalog.measure_key(measure) for measure in written} == set(catalog.MEASURES)
 
 
 def test_nan_embeddings_are_refused_at_evaluation(exported, tmp_path):

@@ -8,14 +8,16 @@ the checks use: the head a loss trains with, whether it needs class-balanced bat
 losses a training option can train. `tests/test_catalog.py` holds every entry to its class:
 the constructor's parameters and defaults, the class attributes, the registered datasets.
 
-Adding a loss, regulariser or training option: its module, plus one entry here.
+Adding a dataset, loss, regulariser, training option or measure: its module, plus one entry
+here.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from hierpipe.core.errors import HierpipeError
@@ -81,8 +83,9 @@ class TrainingOption(Component):
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """`manual`: how to obtain the files when they cannot be downloaded (None: they can)."""
+class Dataset(Component):
+    """A hierpipe.data.registry.DatasetBuilder; `manual`: how to obtain the files when they
+    cannot be downloaded (None: they can). Its prepare options are the builder's `Options`."""
 
     manual: str | None = None
 
@@ -176,19 +179,124 @@ EXCLUSIVE_OPTIONS: list[tuple[frozenset[str], str]] = [
 ]
 
 DATASETS: dict[str, Dataset] = {
-    "shapes": Dataset(),
-    "cifar100": Dataset(),
-    "nabirds": Dataset(),
-    "cub200": Dataset(),
-    "cars196": Dataset(),
-    "sop": Dataset(),
+    "shapes": Dataset("hierpipe.data.shapes:ShapesBuilder"),
+    "cifar100": Dataset("hierpipe.data.cifar100:CIFAR100Builder"),
+    "nabirds": Dataset("hierpipe.data.nabirds:NABirdsBuilder"),
+    "cub200": Dataset("hierpipe.data.cub200:CUB200Builder"),
+    "cars196": Dataset("hierpipe.data.cars196:Cars196Builder"),
+    "sop": Dataset("hierpipe.data.sop:SOPBuilder"),
     "inshop": Dataset(
+        "hierpipe.data.inshop:InShopBuilder",
         manual="DeepFashion In-shop is behind a license agreement: download img.zip and "
         "list_eval_partition.txt of the In-shop Clothes Retrieval Benchmark by hand from "
-        "http://mmlab.ie.cuhk.edu.hk/projects/DeepFashion.html"
+        "http://mmlab.ie.cuhk.edu.hk/projects/DeepFashion.html",
     ),
-    "imagefolder": Dataset(manual="imagefolder reads a folder tree of your own images"),
+    "imagefolder": Dataset(
+        "hierpipe.data.imagefolder:ImageFolderBuilder",
+        manual="imagefolder reads a folder tree of your own images",
+    ),
 }
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A measure evaluation writes, as `<group>/<kind>/<name>` (or `<group>/<name>`).
+    `label`: its title in tables; `direction`: +1 when higher is better, -1 when lower is
+    better (a cost), 0 when the value is not a score (a p-value, a count, a setting), so that
+    tables mark no best. Both are documented in docs/methods/measures.md."""
+
+    label: str
+    direction: Literal[1, -1, 0]
+
+
+# Keyed by name; `{k}` and `{level}` stand for a number in the name and the label.
+MEASURES: dict[str, Measure] = {
+    # classification by the model's classifier or the nearest class prototype
+    "top{k}": Measure("top-{k}", 1),
+    "level{level}_top1": Measure("level-{level} top-1", 1),
+    "ahc": Measure("AHC", -1),
+    "ahd@{k}": Measure("AHD@{k}", -1),
+    "hp@{k}": Measure("HP@{k}", 1),
+    "hp@{k}_devise": Measure("HP@{k} (DeViSE)", 1),
+    "mistake_severity": Measure("mistake severity", -1),
+    "ece": Measure("ECE", -1),
+    "mce": Measure("MCE", -1),
+    # retrieval, of the class and of the classes' ancestors at each level
+    "recall@{k}": Measure("R@{k}", 1),
+    "precision@1": Measure("P@1", 1),
+    "r_precision": Measure("R-Precision", 1),
+    "map@r": Measure("MAP@R", 1),
+    "level{level}_precision@1": Measure("level-{level} P@1", 1),
+    "level{level}_r_precision": Measure("level-{level} R-Precision", 1),
+    "level{level}_map@r": Measure("level-{level} MAP@R", 1),
+    "hs@{k}": Measure("HS@{k}", 1),
+    "ahs": Measure("AHS", 1),
+    "ahs_k": Measure("AHS depth", 0),
+    # class representatives against the true tree
+    "classwise_spearman": Measure("classwise rho", 1),
+    "classwise_spearman_p": Measure("classwise rho p-value", 0),
+    "classwise_spearman_noself": Measure("classwise rho, no self", 1),
+    "classwise_spearman_noself_p": Measure("classwise rho, no self, p-value", 0),
+    "elementwise_spearman": Measure("elementwise rho", 1),
+    "elementwise_spearman_p": Measure("elementwise rho p-value", 0),
+    "rf": Measure("RF", -1),
+    "norm_rf": Measure("RF (normalised)", -1),
+    "num_classes": Measure("classes", 0),
+    # a regulariser's hierarchical proxies against the true tree
+    "lca_classwise_spearman": Measure("LCA-distance classwise rho", 1),
+    "lca_classwise_spearman_noself": Measure("LCA-distance classwise rho, no self", 1),
+    "lca_elementwise_spearman": Measure("LCA-distance elementwise rho", 1),
+    "induced_classwise_spearman": Measure("induced-tree classwise rho", 1),
+    "induced_elementwise_spearman": Measure("induced-tree elementwise rho", 1),
+    "induced_rf": Measure("induced-tree RF", -1),
+    "induced_norm_rf": Measure("induced-tree RF (normalised)", -1),
+    "induced_internal_nodes": Measure("proxies in the induced tree", 0),
+}
+_MEASURE_PATTERNS = {
+    key: re.compile(
+        re.escape(key).replace(r"\{k\}", r"(?P<k>\d+)").replace(r"\{level\}", r"(?P<level>\d+)")
+    )
+    for key in MEASURES
+}
+# Representatives of random vectors give each measure's chance level, not a model's score.
+CHANCE_KIND = "random_vectors"
+# The kind a measure's label leaves unsaid: classification by the model's own classifier.
+_IMPLIED_KINDS = {"classification": "logits"}
+
+
+def measure_key(path: str) -> str:
+    """The MEASURES key that measure `path` (`<group>/<kind>/<name>` or `<group>/<name>`) is
+    an instance of; unknown names fail with the known ones."""
+    name = path.rsplit("/", 1)[-1]
+    for key, pattern in _MEASURE_PATTERNS.items():
+        if pattern.fullmatch(name):
+            return key
+    raise HierpipeError(f"unknown measure {path!r}; known measures: {', '.join(MEASURES)}")
+
+
+def measure(path: str) -> Measure:
+    """The entry of measure `path`, its label's numbers filled in from the name."""
+    key = measure_key(path)
+    numbers = _MEASURE_PATTERNS[key].fullmatch(path.rsplit("/", 1)[-1]).groupdict()
+    return replace(MEASURES[key], label=MEASURES[key].label.format(**numbers))
+
+
+def measure_direction(path: str) -> Literal[1, -1, 0]:
+    """+1 when higher is better, -1 when lower is better, 0 when `path` is not a score."""
+    parts = path.split("/")
+    if len(parts) == 3 and parts[1] == CHANCE_KIND:
+        return 0
+    return measure(path).direction
+
+
+def measure_label(path: str) -> str:
+    """`path`'s title where nothing else says which representatives it measures: the label,
+    and the kind unless it is implied ("classwise rho (prototype)", "top-1")."""
+    label = measure(path).label
+    parts = path.split("/")
+    if len(parts) == 3 and _IMPLIED_KINDS.get(parts[0]) != parts[1]:
+        return f"{label} ({parts[1]})"
+    return label
 
 
 def lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hierpipe.core import catalog
 from hierpipe.core.catalog import CORRECTIONS
 from hierpipe.core.errors import HierpipeError
 
@@ -69,11 +70,13 @@ def questions_from_params(params: Mapping[str, Any]) -> list[Question]:
                         f"{where}: {side}.{key} names {unknown}, which params do not define "
                         f"(defined: {sorted(known[key])})"
                     )
-        questions.append(
-            Question(
-                entry["name"], treatment, control, tuple(entry.get("measures", DEFAULT_MEASURES))
-            )
-        )
+        measures = tuple(entry.get("measures", DEFAULT_MEASURES))
+        for measure in measures:
+            try:
+                catalog.measure_key(measure)
+            except HierpipeError as error:
+                raise HierpipeError(f"{where}: measures: {error}") from None
+        questions.append(Question(entry["name"], treatment, control, measures))
     names = [q.name for q in questions]
     if len(set(names)) != len(names):
         raise HierpipeError(f"params: comparisons: question names must be unique, got {names}")

@@ -4,16 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hierpipe.data import (  # noqa: F401  (register the datasets)
-    cars196,
-    cifar100,
-    cub200,
-    imagefolder,
-    inshop,
-    nabirds,
-    shapes,
-    sop,
-)
 from hierpipe.data.registry import get_dataset, prepare_dataset
 from hierpipe.data.splits import make_split
 from hierpipe.data.tables import read_classes, read_dataset, read_split

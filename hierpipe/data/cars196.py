@@ -32,7 +32,7 @@ import pandas as pd
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
-from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.splits import official_and_metric_learning_splits
 from hierpipe.data.tables import (
@@ -102,7 +102,6 @@ def class_path(name: str, tree: str) -> tuple[str, str, str]:
     raise HierpipeError(f"tree {tree!r}; expected one of {', '.join(TREES)}")
 
 
-@register_dataset("cars196")
 class Cars196Builder(DatasetBuilder):
     """Cars196: 16,185 images of 196 car classes, under their make or body type."""
 

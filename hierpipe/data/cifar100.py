@@ -40,7 +40,7 @@ from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.hierarchy_files import parse_path_csv
-from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.splits import split_by_image
 from hierpipe.data.tables import (
@@ -179,7 +179,6 @@ def _batch(path: Path, fine_count: int, coarse_count: int) -> _Batch:
     return _Batch(images, labels[b"fine_labels"], labels[b"coarse_labels"])
 
 
-@register_dataset("cifar100")
 class CIFAR100Builder(DatasetBuilder):
     """CIFAR-100: 60,000 32x32 images of 100 classes in 20 superclasses."""
 

@@ -23,7 +23,7 @@ from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
 from hierpipe.data.hierarchy_files import class_paths, parse_id_names, parse_indented_tree
-from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.splits import official_and_metric_learning_splits
 from hierpipe.data.tables import (
@@ -65,7 +65,6 @@ def _table(path: Path, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(list(values.items()), columns=columns).set_index(columns[0])
 
 
-@register_dataset("cub200")
 class CUB200Builder(DatasetBuilder):
     """CUB-200-2011: 11,788 images of 200 bird species under 13 orders."""
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
-from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice
 from hierpipe.data.tables import begin_dataset, write_classes, write_samples
 from hierpipe.data.verify import ON_BAD_IMAGE, check_images
 
@@ -158,7 +158,6 @@ def _check_no_overlap(source: Path, out_dir: Path) -> None:
         )
 
 
-@register_dataset(NAME)
 class ImageFolderBuilder(DatasetBuilder):
     """A local folder tree of images; the folders are the class tree."""
 

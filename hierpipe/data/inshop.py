@@ -30,7 +30,7 @@ import pandas as pd
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
-from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.tables import (
     begin_dataset,
@@ -149,7 +149,6 @@ def _raw_dir(source: str | None, out_dir: Path) -> Path:
     return raw_dir(FILES, source, out_dir)
 
 
-@register_dataset("inshop")
 class InShopBuilder(DatasetBuilder):
     """DeepFashion In-shop: 7,982 clothing items under gender and category."""
 

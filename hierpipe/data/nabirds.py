@@ -34,7 +34,7 @@ import pandas as pd
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree, NodePath
 from hierpipe.data.fetch import RemoteFile
-from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.splits import split_by_image
 from hierpipe.data.tables import (
@@ -89,7 +89,6 @@ def _same_images(path: Path, table: dict[str, str], images: dict[str, str]) -> N
         )
 
 
-@register_dataset("nabirds")
 class NABirdsBuilder(DatasetBuilder):
     """NABirds: 48,562 images of 555 bird classes (species, sexes, ages) in 22 groups."""
 

@@ -1,7 +1,7 @@
-"""Dataset registry: each dataset is a ``DatasetBuilder`` registered under a name.
+"""Dataset builders: the base class, and the builder of a name in hierpipe.core.catalog.
 
-Adding a dataset = one module defining a builder decorated with ``@register_dataset("name")``
-plus one import line in ``hierpipe/data/__init__.py``.
+Adding a dataset = one module defining a ``DatasetBuilder`` plus one entry in
+``hierpipe.core.catalog.DATASETS``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
+from hierpipe.core.catalog import DATASETS, lookup
 from hierpipe.core.errors import HierpipeError
 from hierpipe.data.fetch import DownloadError
 
@@ -36,34 +37,15 @@ class DatasetBuilder(ABC):
         """Write the dataset under ``out_dir`` from ``source`` (URL or local directory)."""
 
 
-_REGISTRY: dict[str, type[DatasetBuilder]] = {}
-_Builder = TypeVar("_Builder", bound=type[DatasetBuilder])
-
-
-def register_dataset(name: str) -> Callable[[_Builder], _Builder]:
-    """Class decorator registering a DatasetBuilder under ``name``."""
-
-    def register(builder: _Builder) -> _Builder:
-        if name in _REGISTRY:
-            raise HierpipeError(
-                f"dataset {name!r} registered twice: {_REGISTRY[name].__qualname__} and "
-                f"{builder.__qualname__}"
-            )
-        options = getattr(builder, "Options", None)
-        if not (dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen):
-            raise HierpipeError(f"dataset {name!r}: Options must be a frozen dataclass")
-        builder.name = name
-        _REGISTRY[name] = builder
-        return builder
-
-    return register
-
-
 def get_dataset(name: str) -> DatasetBuilder:
-    """The builder registered under ``name``."""
-    if name not in _REGISTRY:
-        raise HierpipeError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
+    """The builder of dataset ``name`` (hierpipe.core.catalog.DATASETS)."""
+    builder = lookup(DATASETS, name, "dataset").load()
+    options = getattr(builder, "Options", None)
+    if not (dataclasses.is_dataclass(options) and options.__dataclass_params__.frozen):
+        raise HierpipeError(f"dataset {name!r}: Options must be a frozen dataclass")
+    instance = builder()
+    instance.name = name
+    return instance
 
 
 def check_choice(dataset: str, key: str, value: str, accepted: tuple[str, ...]) -> None:

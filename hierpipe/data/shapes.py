@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
-from hierpipe.data.registry import DatasetBuilder, register_dataset
+from hierpipe.data.registry import DatasetBuilder
 from hierpipe.data.tables import begin_dataset, write_classes, write_samples
 
 
@@ -136,7 +136,6 @@ def _draw(spec: _ShapeClass, size: int, rng: np.random.Generator) -> Image.Image
     return Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8), "RGB")
 
 
-@register_dataset("shapes")
 class ShapesBuilder(DatasetBuilder):
     """Synthetic shapes with a 3-level tree: outline / surface pattern / size and tilt."""
 

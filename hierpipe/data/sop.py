@@ -22,7 +22,7 @@ import pandas as pd
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.fetch import RemoteFile
-from hierpipe.data.registry import DatasetBuilder, check_choice, register_dataset
+from hierpipe.data.registry import DatasetBuilder, check_choice
 from hierpipe.data.sources import raw_dir
 from hierpipe.data.tables import (
     begin_dataset,
@@ -136,7 +136,6 @@ def _tree(root: Path, rows: list[_Row]) -> ClassTree:
     return ClassTree.from_paths(paths)
 
 
-@register_dataset("sop")
 class SOPBuilder(DatasetBuilder):
     """Stanford Online Products: 22,634 products under 12 super classes."""
 

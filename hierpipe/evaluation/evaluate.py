@@ -12,7 +12,6 @@ Measures are named `<group>/<kind>/<measure>`:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hierpipe.core.atomic import write_text_atomic
 from hierpipe.core.catalog import proxies_from_hierarchy
-from hierpipe.core.config import RunConfig, json_mapping
+from hierpipe.core.config import RunConfig
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.geometry import pairwise_distances
 from hierpipe.core.hierarchy import ClassTree
@@ -47,6 +45,7 @@ from hierpipe.evaluation.metrics import (
     robinson_foulds,
     topk_accuracy,
 )
+from hierpipe.evaluation.metrics_file import write_metrics
 from hierpipe.losses import build_regularizer
 from hierpipe.losses.hier import GEOMETRIES as HIER_GEOMETRIES
 from hierpipe.runtime.tracking import run_tracker
@@ -109,7 +108,7 @@ def evaluate_run(
         "subset": config.evaluate.subset,
         "metrics": {k: _finite_or_none(v) for k, v in sorted(metrics.items())},
     }
-    write_text_atomic(json.dumps(document, indent=2, sort_keys=True) + "\n", metrics_path)
+    write_metrics(document, metrics_path)
     # inside the workflow, an MLflow child run; undefined (null) measures are left out
     with run_tracker(config, "evaluate") as tracker:
         tracker.log_metrics(document["metrics"])
@@ -303,20 +302,3 @@ def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, float]:
 def _finite_or_none(value: float) -> float | None:
     """JSON has no NaN: an undefined measure is written as null."""
     return None if math.isnan(value) else value
-
-
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise HierpipeError(f"{path}: metrics file not found")
-    document = json_mapping(path.read_text(), str(path))
-    for key in ("run", "dataset", "model", "option", "seed", "trained", "metrics"):
-        if key not in document:
-            raise HierpipeError(f"{path}: missing key {key!r}")
-    for key in ("backbone", "embedding_dim", "space"):
-        if key not in document:
-            raise HierpipeError(
-                f"{path}: missing key {key!r}; written by an older hierpipe, so evaluate again "
-                "(snakemake --forcerun evaluate)"
-            )
-    return document

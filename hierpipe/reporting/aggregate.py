@@ -10,11 +10,11 @@ from typing import Any
 
 import pandas as pd
 
+from hierpipe.core import catalog
 from hierpipe.core.atomic import write_text_atomic
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.io import write_parquet_atomic
-from hierpipe.evaluation.evaluate import read_metrics
-from hierpipe.evaluation.measures import direction
+from hierpipe.evaluation.metrics_file import read_metrics
 from hierpipe.reporting.statistics import mean_confidence_interval
 
 KEYS = ["dataset", "model", "option"]
@@ -30,57 +30,65 @@ ROW_ATTRIBUTES = [
 ]
 RUN_COLUMNS = [*KEYS, "seed", "run", *ROW_ATTRIBUTES]
 
-# The summary's tables: title -> {measure: column title}. Every measure is in summary.csv.
+# The summary's tables: title -> the measures it shows (column titles: hierpipe.core.catalog
+# MEASURES). Every measure is in summary.csv.
 SECTIONS = {
-    "Classification by the model's classifier": {
-        "classification/logits/top1": "top-1",
-        "classification/logits/top5": "top-5",
-        "classification/logits/ahc": "AHC",
-        "classification/logits/ahd@5": "AHD@5",
-        "classification/logits/hp@5": "HP@5",
-        "classification/logits/hp@5_devise": "HP@5 (DeViSE)",
-        "classification/logits/ece": "ECE",
-    },
-    "Classification by the nearest class prototype": {
-        "classification/prototype/top1": "top-1",
-        "classification/prototype/ahc": "AHC",
-        "classification/prototype/ahd@5": "AHD@5",
-        "classification/prototype/hp@5": "HP@5",
-        "classification/prototype/hp@5_devise": "HP@5 (DeViSE)",
-    },
-    "Hierarchical inference: proxies vs the true tree": {
-        "hierarchy/proxy/classwise_spearman": "classwise rho",
-        "hierarchy/proxy/classwise_spearman_noself": "classwise rho, no self",
-        "hierarchy/proxy/elementwise_spearman": "elementwise rho",
-        "hierarchy/proxy/norm_rf": "RF (normalised)",
-    },
-    "Hierarchical inference: prototypes vs the true tree": {
-        "hierarchy/prototype/classwise_spearman": "classwise rho",
-        "hierarchy/prototype/classwise_spearman_noself": "classwise rho, no self",
-        "hierarchy/prototype/elementwise_spearman": "elementwise rho",
-        "hierarchy/prototype/norm_rf": "RF (normalised)",
-        "hierarchy/random_vectors/classwise_spearman": "chance: classwise rho of random vectors",
-    },
-    "Hierarchical inference: class prototypes in the Poincaré ball vs the true tree": {
-        "hierarchy/ball_prototype/classwise_spearman": "classwise rho",
-        "hierarchy/ball_prototype/classwise_spearman_noself": "classwise rho, no self",
-        "hierarchy/ball_prototype/elementwise_spearman": "elementwise rho",
-        "hierarchy/ball_prototype/norm_rf": "RF (normalised)",
-    },
-    "Hierarchical proxies (HIER) vs the true tree": {
-        "hierarchy/hier_proxy/lca_classwise_spearman": "LCA-distance classwise rho",
-        "hierarchy/hier_proxy/lca_elementwise_spearman": "LCA-distance elementwise rho",
-        "hierarchy/hier_proxy/induced_classwise_spearman": "induced-tree classwise rho",
-        "hierarchy/hier_proxy/induced_norm_rf": "induced-tree RF (normalised)",
-        "hierarchy/hier_proxy/induced_internal_nodes": "proxies in the induced tree",
-    },
-    "Retrieval": {
-        "retrieval/recall@1": "R@1",
-        "retrieval/map@r": "MAP@R",
-        "retrieval/hs@1": "HS@1",
-        "retrieval/ahs": "AHS",
-    },
+    "Classification by the model's classifier": (
+        "classification/logits/top1",
+        "classification/logits/top5",
+        "classification/logits/ahc",
+        "classification/logits/ahd@5",
+        "classification/logits/hp@5",
+        "classification/logits/hp@5_devise",
+        "classification/logits/ece",
+    ),
+    "Classification by the nearest class prototype": (
+        "classification/prototype/top1",
+        "classification/prototype/ahc",
+        "classification/prototype/ahd@5",
+        "classification/prototype/hp@5",
+        "classification/prototype/hp@5_devise",
+    ),
+    "Hierarchical inference: proxies vs the true tree": (
+        "hierarchy/proxy/classwise_spearman",
+        "hierarchy/proxy/classwise_spearman_noself",
+        "hierarchy/proxy/elementwise_spearman",
+        "hierarchy/proxy/norm_rf",
+    ),
+    "Hierarchical inference: prototypes vs the true tree": (
+        "hierarchy/prototype/classwise_spearman",
+        "hierarchy/prototype/classwise_spearman_noself",
+        "hierarchy/prototype/elementwise_spearman",
+        "hierarchy/prototype/norm_rf",
+        "hierarchy/random_vectors/classwise_spearman",
+    ),
+    "Hierarchical inference: class prototypes in the Poincaré ball vs the true tree": (
+        "hierarchy/ball_prototype/classwise_spearman",
+        "hierarchy/ball_prototype/classwise_spearman_noself",
+        "hierarchy/ball_prototype/elementwise_spearman",
+        "hierarchy/ball_prototype/norm_rf",
+    ),
+    "Hierarchical proxies (HIER) vs the true tree": (
+        "hierarchy/hier_proxy/lca_classwise_spearman",
+        "hierarchy/hier_proxy/lca_elementwise_spearman",
+        "hierarchy/hier_proxy/induced_classwise_spearman",
+        "hierarchy/hier_proxy/induced_norm_rf",
+        "hierarchy/hier_proxy/induced_internal_nodes",
+    ),
+    "Retrieval": (
+        "retrieval/recall@1",
+        "retrieval/map@r",
+        "retrieval/hs@1",
+        "retrieval/ahs",
+    ),
 }
+
+
+def _column_title(measure: str) -> str:
+    """A measure's column title in a section of the summary, whose title says the kind."""
+    label = catalog.measure(measure).label
+    kind = measure.split("/")[1]
+    return f"chance: {label} of random vectors" if kind == catalog.CHANCE_KIND else label
 
 
 def collect_runs(metrics_paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -118,7 +126,7 @@ def summarize(runs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
 
     The best is sought among learned models only: the untrained baseline is not a candidate,
     and neither are proxies fitted to the true tree (MDS), whose hierarchy scores measure the
-    fit. Measures that are not scores (hierpipe.evaluation.measures.direction 0) have no best.
+    fit. Measures that are not scores (direction 0 in hierpipe.core.catalog.MEASURES) have no best.
     """
     measures = [c for c in runs.columns if c not in RUN_COLUMNS]
     rows = []
@@ -149,7 +157,7 @@ STATISTICS = ("mean", "sd", "ci_low", "ci_high", "best")
 
 
 def _best_in_dataset(summary: pd.DataFrame, measure: str, candidate: pd.Series) -> pd.Series:
-    sign = direction(measure)
+    sign = catalog.measure_direction(measure)
     if sign == 0:
         return pd.Series(False, index=summary.index)
     score = summary[f"{measure}/mean"].where(candidate) * sign
@@ -239,7 +247,7 @@ def to_markdown(summary: pd.DataFrame, confidence: float = 0.95) -> str:
             if not rows:
                 continue
             lines += [f"### {title}", ""]
-            lines += _markdown_table(["model", "seeds", *(section[m] for m in shown)], rows)
+            lines += _markdown_table(["model", "seeds", *map(_column_title, shown)], rows)
             lines.append("")
         if table["proxies_from_hierarchy"].any():
             lines += [
@@ -265,10 +273,7 @@ def _run_name(row: pd.Series) -> str:
 
 # Measures on which a trained model should beat the untrained random-weights backbone; the
 # baseline has no classifier, so its hierarchy is judged by its class prototypes.
-BASELINE_MEASURES = {
-    "retrieval/recall@1": "R@1",
-    "hierarchy/prototype/classwise_spearman": "classwise rho (prototype)",
-}
+BASELINE_MEASURES = ("retrieval/recall@1", "hierarchy/prototype/classwise_spearman")
 
 
 def _baseline_comparison(table: pd.DataFrame, names: list[str]) -> list[str]:
@@ -291,7 +296,11 @@ def _baseline_comparison(table: pd.DataFrame, names: list[str]) -> list[str]:
         deltas = [row[f"{m}/mean"] - baseline[f"{m}/mean"] for m in measures]
         verdict = "yes" if all(d > 0 for d in deltas) else "no"
         rows.append([name, *(f"{d:+.4f}" for d in deltas), verdict])
-    header = ["model", *(f"Δ {BASELINE_MEASURES[m]}" for m in measures), "beats baseline on all"]
+    header = [
+        "model",
+        *(f"Δ {catalog.measure_label(m)}" for m in measures),
+        "beats baseline on all",
+    ]
     return lines + _markdown_table(header, rows)
 
 

@@ -25,20 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hierpipe.core import catalog
 from hierpipe.core.questions import Question, StatisticsSettings
-from hierpipe.evaluation.measures import direction
 from hierpipe.reporting.statistics import adjust_p_values, paired_t_test, wilcoxon_signed_rank
-
-MEASURE_LABELS = {
-    "classification/logits/top1": "top-1",
-    "retrieval/recall@1": "R@1",
-    "retrieval/map@r": "MAP@R",
-    "retrieval/ahs": "AHS",
-    "hierarchy/proxy/classwise_spearman": "classwise rho (proxy)",
-    "hierarchy/prototype/classwise_spearman": "classwise rho (prototype)",
-    "hierarchy/prototype/elementwise_spearman": "elementwise rho (prototype)",
-}
-
 
 COLUMNS = [
     "question",
@@ -114,7 +103,7 @@ def _question_table(
                     "treatment": f"{model} ({option})",
                     "control": f"{control_keys['model']} ({control_keys['option']})",
                     "measure": measure,
-                    "higher_is_better": direction(measure) >= 0,
+                    "higher_is_better": catalog.measure_direction(measure) >= 0,
                 }
             )
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -173,7 +162,7 @@ def comparisons_markdown(
                 row.dataset,
                 row.treatment,
                 row.control,
-                MEASURE_LABELS.get(row.measure, row.measure)
+                catalog.measure_label(row.measure)
                 + ("" if row.higher_is_better else " (lower is better)"),
                 str(row.n),
                 _difference(row),

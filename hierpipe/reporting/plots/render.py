@@ -28,7 +28,8 @@ from hierpipe.core.hierarchy import ClassTree
 from hierpipe.core.io import read_parquet
 from hierpipe.data import read_dataset
 from hierpipe.evaluation.embedding_files import Embeddings, read_embeddings, read_representatives
-from hierpipe.evaluation.evaluate import distance_curvature, read_metrics, representative_metric
+from hierpipe.evaluation.evaluate import distance_curvature, representative_metric
+from hierpipe.evaluation.metrics_file import read_metrics
 from hierpipe.reporting.plots.affinity import draw_affinity_matrices
 from hierpipe.reporting.plots.canvas import save_figure
 from hierpipe.reporting.plots.curves import (
