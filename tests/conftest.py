@@ -100,3 +100,9 @@ def write_yaml(data: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def nodes_per_level(tree) -> list[int]:
+    """How many distinct nodes each level of `tree` has (a class shallower than a level counts
+    as its own node there), counted from the class paths."""
+    return [len({path[: level + 1] for path in tree.paths}) for level in range(tree.max_depth)]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import nodes_per_level
 from dataset_fixtures import add_member, assert_pinned_checksum_refused, pin_files
 from http_server import serve_directory
 from PIL import Image
@@ -93,7 +94,7 @@ def test_prepare_writes_pngs_samples_tree_and_splits(tmp_path, monkeypatch):
             np.testing.assert_array_equal(np.asarray(image), planes.transpose(1, 2, 0))
     assert tree.classes == tuple(FINE)
     assert tree.paths[1] == ("Animals", "Non-mammal_vertebrates", "fish", "aquarium_fish")
-    assert tree.num_nodes_per_level() == [3, 4, 5, 8]
+    assert nodes_per_level(tree) == [3, 4, 5, 8]
 
     make_split(out, "official", "predefined", {}, 0, predefined="official")
     official, _ = read_split(out / "splits/official.parquet")
@@ -112,7 +113,7 @@ def test_coarse_tree_puts_the_classes_under_their_superclasses(tmp_path, monkeyp
     _serve_files(tmp_path)
     out = _prepare(tmp_path, monkeypatch, "--option", "tree=coarse")
     _, tree = read_dataset(out)
-    assert tree.num_nodes_per_level() == [5, 8]
+    assert nodes_per_level(tree) == [5, 8]
     assert tree.paths[FINE.index("trout")] == ("fish", "trout")
     assert tree.paths[FINE.index("tractor")] == ("vehicles_2", "tractor")
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import nodes_per_level
 
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
@@ -119,7 +120,7 @@ def test_path_csv_gives_each_class_its_path():
         "trout": ("Animals", "Non-mammal_vertebrates", "fish", "trout"),
     }
     tree = ClassTree.from_paths(list(paths.values()))
-    assert tree.num_nodes_per_level() == [2, 3, 3, 3]
+    assert nodes_per_level(tree) == [2, 3, 3, 3]
     # a byte-order mark before the header is not part of it
     assert parse_path_csv("\ufeff" + PATH_CSV, "cls.csv") == paths
 
@@ -149,5 +150,5 @@ def test_real_cifar100_file_gives_3_7_20_100_nodes_per_level():
     paths = parse_path_csv((SHARED / "cifar100/CIFAR100_cls.csv").read_text(), "cls")
     assert len(paths) == 100
     tree = ClassTree.from_paths([paths[name] for name in sorted(paths)])
-    assert tree.num_nodes_per_level() == [3, 7, 20, 100]
+    assert nodes_per_level(tree) == [3, 7, 20, 100]
     assert set(tree.level_names(0)) == {"Animals", "Artificial", "Nature_non-animal"}

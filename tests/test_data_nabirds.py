@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import nodes_per_level
 from dataset_fixtures import assert_pinned_checksum_refused, jpeg_bytes, pin_files
 from http_server import serve_directory
 
@@ -117,7 +118,7 @@ def test_prepare_downloads_verifies_and_writes_the_tables(tmp_path, monkeypatch)
     assert tree.paths[4] == ("Ducks, Geese, and Swans", "Wood Duck")
     assert tree.paths[6] == ("Ducks, Geese, and Swans", "Mallard", "Juvenile [14]")
     # the Owls branch has no image below it: gone
-    assert tree.num_nodes_per_level() == [2, 3, 5, 7]
+    assert nodes_per_level(tree) == [2, 3, 5, 7]
 
     make_split(out, "official", "predefined", {}, 0, predefined="official")
     official, _ = read_split(out / "splits/official.parquet")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import nodes_per_level
 from PIL import Image
 
 from hierpipe.core import catalog
@@ -58,7 +59,7 @@ def test_default_tree_and_samples(default_root: Path) -> None:
     assert tree.num_classes == 24
     assert tree.max_depth == 3
     assert (tree.depths == 3).all()
-    assert tree.num_nodes_per_level() == [4, 8, 24]
+    assert nodes_per_level(tree) == [4, 8, 24]
     assert tree.level_names(0) == ["circle", "square", "triangle", "cross"]
     assert tree.paths[0] == ("circle", "circle-solid", "circle-solid-small")
     assert tree.classes[1:4] == (
@@ -192,5 +193,5 @@ def test_many_species_and_genera(tmp_path: Path) -> None:
     options = {"image_size": 16, "images_per_class": 1, "families": 6}
     prepare_dataset("shapes", tmp_path, {**options, "genera_per_family": 4, "species_per_genus": 4})
     _, tree = read_dataset(tmp_path)
-    assert tree.num_nodes_per_level() == [6, 24, 96]
+    assert nodes_per_level(tree) == [6, 24, 96]
     assert "hexagon-checkered-large_tilted" in tree.classes

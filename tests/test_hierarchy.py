@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import nodes_per_level
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,7 +90,7 @@ def test_level_labels_and_names(tree: ClassTree) -> None:
     assert tree.level_labels(2).tolist() == [0, 1, 2, 3, 4, 5]
     assert tree.level_names(2) == CLASSES
     assert tree.level_labels(0).dtype == np.int64
-    assert tree.num_nodes_per_level() == [3, 5, 6]
+    assert nodes_per_level(tree) == [3, 5, 6]
     for level in (-1, 3):
         with pytest.raises(HierpipeError, match=f"level {level}"):
             tree.level_labels(level)

@@ -94,10 +94,6 @@ class ClassTree:
         self._check_level(level)
         return [path[-1] for path in self._level_index(level)[1]]
 
-    def num_nodes_per_level(self) -> list[int]:
-        """Number of distinct level-j labels for j = 0..max_depth-1 (shallow leaves included)."""
-        return [len(self._level_index(level)[1]) for level in range(self.max_depth)]
-
     def _check_class(self, class_id: int) -> None:
         if not 0 <= class_id < self.num_classes:
             raise HierpipeError(

@@ -153,7 +153,6 @@ class EmbeddingNet(nn.Module):
                 f"or set {ALLOW_DOWNLOAD_ENV}=1 to allow the download"
             )
 
-        self.head_type = head
         self.backbone = _create_backbone(backbone, download, in_chans)
         if weights is not None:
             load_backbone_weights(self.backbone, weights, backbone)

@@ -30,7 +30,7 @@ OTHER_RESOURCES = {
 }
 
 RESULTS = f"results/{config['experiment']}"
-RUN_DIR = RESULTS + "/{dataset}/{run}"
+RUN_DIR = f"{RESULTS}/{{dataset}}/{{run}}"
 LOGS = f"logs/{config['experiment']}"
 BENCHMARKS = f"logs/benchmarks/{config['experiment']}"
 GRID = grid(config)
@@ -95,7 +95,11 @@ def figure_files(group):
     for figure in FIGURES:
         if figure.group != group:
             continue
-        labels = {"dataset": figure.dataset, "figure": figure.kind, "model": figure.label}
+        labels = {
+            "dataset": figure.dataset,
+            "figure": figure.kind,
+            "model": figure.label,
+        }
         caption = f"../report/{figure.kind}.rst"
         stem = f"{RESULTS}/{figure.stem}"
         subcategory = figure.dataset if figure.model is None else figure.label

@@ -5,9 +5,6 @@ rule prepare_dataset:
     output:
         samples="data/{dataset}/samples.parquet",
         classes="data/{dataset}/classes.parquet",
-    params:
-        options=prepare_options,
-        source=prepare_source,
     log:
         "logs/data/{dataset}/prepare.log",
     benchmark:
@@ -15,6 +12,9 @@ rule prepare_dataset:
     threads: OTHER_THREADS
     resources:
         **OTHER_RESOURCES,
+    params:
+        options=prepare_options,
+        source=prepare_source,
     shell:
         "hierpipe data prepare {wildcards.dataset} --out data/{wildcards.dataset}"
         " {params.source} {params.options} --threads {threads} > {log} 2>&1"
@@ -26,9 +26,6 @@ rule split_dataset:
         classes="data/{dataset}/classes.parquet",
     output:
         "data/{dataset}/splits/{split}.parquet",
-    params:
-        split=dataset_split,
-        predefined=predefined_option,
     log:
         "logs/data/{dataset}/split-{split}.log",
     benchmark:
@@ -36,6 +33,9 @@ rule split_dataset:
     threads: OTHER_THREADS
     resources:
         **OTHER_RESOURCES,
+    params:
+        split=dataset_split,
+        predefined=predefined_option,
     shell:
         "hierpipe data split data/{wildcards.dataset} --name {wildcards.split}"
         " --scheme {params.split.scheme} --seed {params.split.seed}"

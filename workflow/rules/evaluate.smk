@@ -12,12 +12,12 @@ rule embed:
         f"{LOGS}/{{dataset}}/{{run}}/embed.log",
     benchmark:
         f"{BENCHMARKS}/{{dataset}}/{{run}}/embed.tsv"
-    threads: TRAINING_THREADS
-    resources:
-        **TRAINING_RESOURCES,
     # gpu_slots pins the job to one free GPU of the host (none on CPU: the command runs as is)
     group:
         "run"
+    threads: TRAINING_THREADS
+    resources:
+        **TRAINING_RESOURCES,
     shell:
         "python -m hierpipe.runtime.gpu_slots run --"
         " hierpipe embed --model {input.model} --embeddings-out {output.embeddings}"
@@ -36,11 +36,11 @@ rule evaluate:
         f"{LOGS}/{{dataset}}/{{run}}/evaluate.log",
     benchmark:
         f"{BENCHMARKS}/{{dataset}}/{{run}}/evaluate.tsv"
+    group:
+        "run"
     threads: OTHER_THREADS
     resources:
         **OTHER_RESOURCES,
-    group:
-        "run"
     shell:
         "hierpipe evaluate --config {input.config} --embeddings {input.embeddings}"
         " --representatives {input.representatives} --out {output} --threads {threads}"

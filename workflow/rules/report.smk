@@ -1,6 +1,7 @@
 # Tables and figures of the experiment; `snakemake --report results/<experiment>/report.zip`
 # gathers them with their captions (workflow/report/*.rst) and the resolved params.
 import json
+import os
 
 from hierpipe.reporting.plots.plan import GROUPS
 
@@ -8,12 +9,12 @@ from hierpipe.reporting.plots.plan import GROUPS
 rule experiment_params:
     output:
         report(f"{RESULTS}/params.yaml", caption="../report/params.rst", category="Params"),
-    params:
-        config=json.dumps(config),
     log:
         f"{LOGS}/params.log",
     benchmark:
         f"{BENCHMARKS}/params.tsv"
+    params:
+        config=json.dumps(config),
     shell:
         "hierpipe config experiment --json {params.config:q} --out {output} > {log} 2>&1"
 
@@ -25,11 +26,11 @@ rule aggregate:
     output:
         parquet=f"{RESULTS}/summary.parquet",
         csv=f"{RESULTS}/summary.csv",
-        markdown=report(
-            f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Tables"
-        ),
+        markdown=report(f"{RESULTS}/summary.md", caption="../report/summary.rst", category="Tables"),
         comparisons=report(
-            f"{RESULTS}/comparisons.md", caption="../report/comparisons.rst", category="Tables"
+            f"{RESULTS}/comparisons.md",
+            caption="../report/comparisons.rst",
+            category="Tables",
         ),
         comparisons_table=multiext(f"{RESULTS}/comparisons", ".parquet", ".csv"),
         retrieval=report(
@@ -47,8 +48,11 @@ rule aggregate:
     threads: OTHER_THREADS
     resources:
         **OTHER_RESOURCES,
+    params:
+        # the experiment's results folder, where params.yaml lies
+        results_dir=lambda wildcards, input: os.path.dirname(input.params),
     shell:
-        "hierpipe aggregate {input.metrics} --params {input.params} --out-dir {RESULTS}"
+        "hierpipe aggregate {input.metrics} --params {input.params} --out-dir {params.results_dir}"
         " --headline-out {output.headline} --threads {threads} > {log} 2>&1"
 
 
@@ -67,8 +71,6 @@ for group in GROUPS:
             training_logs=run_files("train_log.parquet"),
         output:
             figure_files(group),
-        params:
-            group=group,
         log:
             f"{LOGS}/figures/{group}.log",
         benchmark:
@@ -76,6 +78,9 @@ for group in GROUPS:
         threads: OTHER_THREADS
         resources:
             **OTHER_RESOURCES,
+        params:
+            group=group,
+            results_dir=lambda wildcards, input: os.path.dirname(input.params),
         shell:
-            "hierpipe figures --params {input.params} --results-dir {RESULTS}"
+            "hierpipe figures --params {input.params} --results-dir {params.results_dir}"
             " --group {params.group} --threads {threads} > {log} 2>&1"

@@ -3,13 +3,13 @@
 rule run_config:
     output:
         f"{RUN_DIR}/config.yaml",
-    params:
-        # JSON on the command line: the job (in the image) checks it against the classes
-        config=run_config_json,
     log:
         f"{LOGS}/{{dataset}}/{{run}}/config.log",
     benchmark:
         f"{BENCHMARKS}/{{dataset}}/{{run}}/config.tsv"
+    params:
+        # JSON on the command line: the job (in the image) checks it against the classes
+        config=run_config_json,
     shell:
         "hierpipe config run --json {params.config:q} --out {output} > {log} 2>&1"
 
@@ -23,19 +23,19 @@ rule train:
     output:
         model=f"{RUN_DIR}/model.pt",
         log=f"{RUN_DIR}/train_log.parquet",
-    params:
-        # resumable state lives outside the declared outputs, which Snakemake deletes on failure
-        checkpoint_dir=f"{RUN_DIR}/checkpoint",
     log:
         f"{LOGS}/{{dataset}}/{{run}}/train.log",
     benchmark:
         f"{BENCHMARKS}/{{dataset}}/{{run}}/train.tsv"
-    threads: TRAINING_THREADS
-    resources:
-        **TRAINING_RESOURCES,
     # gpu_slots pins the job to one free GPU of the host (none on CPU: the command runs as is)
     group:
         "run"
+    threads: TRAINING_THREADS
+    resources:
+        **TRAINING_RESOURCES,
+    params:
+        # resumable state lives outside the declared outputs, which Snakemake deletes on failure
+        checkpoint_dir=f"{RUN_DIR}/checkpoint",
     shell:
         "python -m hierpipe.runtime.gpu_slots run --"
         " hierpipe train --config {input.config} --model-out {output.model}"
