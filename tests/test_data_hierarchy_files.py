@@ -92,7 +92,7 @@ def test_leaves_that_do_not_match_the_classes_are_refused():
         class_paths(["Coccyzus minor", "Aethia pusilla"], nodes, "tree")
 
 
-@pytest.mark.skipif(not (SHARED / "cub").is_dir(), reason="../shared/hierarchies not present")
+@pytest.mark.skipif(not (SHARED / "cub").is_dir(), reason=f"{SHARED} not present")
 def test_real_cub_files_give_200_classes_under_13_orders():
     nodes = parse_indented_tree((SHARED / "cub/hierarchy_flat.txt").read_text(), "flat")
     names = parse_id_names((SHARED / "cub/classes_wikispecies.txt").read_text(), "classes")
@@ -144,7 +144,7 @@ def test_malformed_path_csv_is_refused_naming_the_line(text, message):
 
 
 @pytest.mark.skipif(
-    not (SHARED / "cifar100/CIFAR100_cls.csv").is_file(), reason="../shared/hierarchies not present"
+    not (SHARED / "cifar100/CIFAR100_cls.csv").is_file(), reason=f"{SHARED} not present"
 )
 def test_real_cifar100_file_gives_3_7_20_100_nodes_per_level():
     paths = parse_path_csv((SHARED / "cifar100/CIFAR100_cls.csv").read_text(), "cls")

@@ -84,7 +84,8 @@ def test_level_labels_and_names(tree: ClassTree) -> None:
     assert tree.level_labels(0).tolist() == [0, 0, 0, 1, 1, 2]
     assert tree.level_names(0) == ["animal", "plant", "fungus"]
     # bird, rose and fungus are shallower than level 2 (fungus than level 1): they map to
-    # themselves (ProxyDR reference, section 5.3).
+    # themselves, as ProxyDR's level-j ancestor mapping does
+    # (docs/methods/classification_measures.md).
     assert tree.level_labels(1).tolist() == [0, 0, 1, 2, 3, 4]
     assert tree.level_names(1) == ["mammal", "bird", "tree", "rose", "fungus"]
     assert tree.level_labels(2).tolist() == [0, 1, 2, 3, 4, 5]

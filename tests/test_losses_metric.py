@@ -1,5 +1,5 @@
 """Proxy-Anchor and MS against pytorch-metric-learning, the Hyp pairwise loss against a loop,
-registry and input checks (hier.md 6.8, 7.5)."""
+registry and input checks (docs/methods/proxy_anchor.md, multi_similarity.md, hyp_pairwise.md)."""
 
 from __future__ import annotations
 

@@ -388,7 +388,7 @@ def test_hs_and_ahs_match_a_per_query_brute_force(self_reference):
     ) == pytest.approx(area)
 
 
-# --- the self-entry bias of the classwise correlation (proxydr.md 6.2, Q8) ---------------------
+# --- the self-entry bias of the classwise correlation (docs/methods/hierarchy_measures.md) -------
 
 
 def test_classwise_self_entry_bias_on_random_vectors():

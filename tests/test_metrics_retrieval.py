@@ -232,7 +232,7 @@ def test_nearest_neighbours_bad_input(kwargs, match):
         nearest_neighbours(**({"query": np.eye(4, 2), "k": 1} | kwargs))
 
 
-# --- Poincaré distance (hier.md 8.1: HIER ranks by negative Poincaré distance) ---
+# --- Poincaré distance (HIER's hier/helpers.py ranks by negative Poincaré distance) ---
 
 
 def _poincare_loop(a: np.ndarray, b: np.ndarray, c: float) -> float:

@@ -346,7 +346,8 @@ def test_proxydr_grid_lists_every_job(tmp_path, params, datasets):
     result = snakemake(root, "--configfile", params, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout)
-    # 14 runs per seed (proxydr.md 4.5) + the untrained baseline, 5 seeds, per dataset
+    # 14 runs per seed (ProxyDR's train_*_whole_models.sh) + the untrained baseline, 5 seeds,
+    # per dataset
     assert counts["train"] == counts["embed"] == counts["evaluate"] == 15 * 5 * datasets
     assert counts["prepare_dataset"] == counts["split_dataset"] == datasets
     assert counts["aggregate"] == 1

@@ -65,7 +65,7 @@ class BackboneConfig:
     embedding_dim: int = 128
 
 
-# Parameter groups of the optimiser, each with its own learning-rate multiplier (hier.md 5.2).
+# Parameter groups of the optimiser, each with its own lr multiplier (docs/methods/hier.md).
 LR_GROUPS = ("backbone", "head", "proxies", "regularizer")
 
 

@@ -1,10 +1,11 @@
 """Pairwise similarities and distances between two sets of row vectors, and the Poincaré ball.
 
-The Poincaré ball follows hier.md section 3 (the ``hyptorch`` operations of the released HIER
-code) on top of geoopt. Curvature convention: ``curvature = c > 0`` is the ball
-``{x : c ||x||^2 < 1}`` of radius ``1/sqrt(c)`` and sectional curvature ``-c``, which is exactly
-geoopt 0.5's ``PoincareBall(c)`` (it stores ``c`` as a positive magnitude and reports
-``k = -c``) and hyptorch's ``c``.
+The Poincaré ball follows the ``hyptorch`` operations of the released HIER code
+(github.com/tjddus9597/HIER-CVPR23, hier/hyptorch/pmath.py and nn.py;
+docs/methods/poincare_ball.md) on top of geoopt. Curvature convention: ``curvature = c > 0``
+is the ball ``{x : c ||x||^2 < 1}`` of radius ``1/sqrt(c)`` and sectional curvature ``-c``,
+which is exactly geoopt 0.5's ``PoincareBall(c)`` (it stores ``c`` as a positive magnitude
+and reports ``k = -c``) and hyptorch's ``c``.
 """
 
 import warnings
@@ -25,10 +26,10 @@ from hierpipe.core.errors import HierpipeError
 METRICS = ("cosine", "chord", "euclidean", "squared_chord", "poincare")
 
 # hyptorch's ``_project`` keeps ball points at most this far (relative) from the boundary
-# (hier.md 3.3); geoopt's own default depends on the dtype (4e-3 for float32).
+# (hier/hyptorch/pmath.py); geoopt's own default depends on the dtype (4e-3 for float32).
 BOUNDARY_EPS = 1e-3
 
-# Added to the norm in the clipping factor, as in the released ToPoincare (hier.md 3.3).
+# Added to the norm in the clipping factor, as in the released ToPoincare (hyptorch/nn.py).
 _CLIP_NORM_EPS = 1e-5
 
 
@@ -56,7 +57,7 @@ def _check_clip_r(clip_r: float) -> float:
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    # Hyperbolic maths runs in float32 or wider even under AMP (ARCHITECTURE.md): near the
+    # Hyperbolic maths runs in float32 or wider even under AMP: near the
     # boundary 1 - c||x||^2 is far below half precision's resolution.
     if x.dtype in (torch.float16, torch.bfloat16):
         return x.float()
@@ -74,7 +75,8 @@ def poincare_ball(curvature: float) -> geoopt.PoincareBall:
 
 
 def clip_features(x: torch.Tensor, clip_r: float) -> torch.Tensor:
-    """Feature clipping (Guo et al.; hier.md 3.3): ``x * min(1, r / (||x|| + 1e-5))`` per row.
+    """Feature clipping (Guo et al., arXiv:2107.11472, as HIER's ToPoincare clips):
+    ``x * min(1, r / (||x|| + 1e-5))`` per row.
 
     Rows longer than ``clip_r`` are scaled down to (just under) ``clip_r``; others are unchanged.
     """
@@ -94,7 +96,7 @@ def _boundary_gap(x: torch.Tensor, c: float) -> torch.Tensor:
 
 class _RiemannianGradient(torch.autograd.Function):
     """Identity forward; backward scales the gradient by ``(1 - c||x||^2)^2 / 4``, the inverse
-    squared conformal factor at the ball point x (hyptorch's RiemannianGradient, hier.md 3.3).
+    squared conformal factor at the ball point x (hyptorch's pmath.RiemannianGradient).
     Unlike hyptorch, ``c`` is this call's own, not a class-wide global."""
 
     @staticmethod
@@ -112,12 +114,13 @@ class _RiemannianGradient(torch.autograd.Function):
 def to_poincare(
     x: torch.Tensor, curvature: float, clip_r: float, riemannian: bool = False
 ) -> torch.Tensor:
-    """Map Euclidean rows into the Poincaré ball as the released ``ToPoincare`` (hier.md 3.3).
+    """Map Euclidean rows into the Poincaré ball as the released ``ToPoincare`` (hyptorch/nn.py).
 
     clip to ``clip_r`` -> exp_0 (``tanh(sqrt(c)||u||) u / (sqrt(c)||u||)``) -> rescale rows
     beyond ``(1 - 1e-3)/sqrt(c)`` to that norm, so outputs lie strictly inside the ball ->
     with ``riemannian=True`` the gradient preconditioning of hyptorch's RiemannianGradient,
-    which the HIER head uses (hier.md 3.5, 4.2). Half-precision input is computed in float32.
+    which the HIER head uses (hier/models/model.py). Half-precision input is computed in
+    float32.
     """
     ball = poincare_ball(curvature)
     u = clip_features(_at_least_float32(x), clip_r)
@@ -157,7 +160,7 @@ def poincare_cdist(x: torch.Tensor, y: torch.Tensor, curvature: float) -> torch.
     """Poincaré distance of every row of ``x`` to every row of ``y``; shape (len(x), len(y)).
 
     Equals geoopt's ``PoincareBall(c).dist(x[:, None], y[None])`` (hyptorch's
-    ``(2/sqrt(c)) artanh(sqrt(c) ||(-x) (+)_c y||)``, hier.md 3.3) through the identity
+    ``(2/sqrt(c)) artanh(sqrt(c) ||(-x) (+)_c y||)``, pmath._dist) through the identity
 
         d(x, y) = (2/sqrt(c)) asinh( sqrt(c) ||x - y|| / sqrt((1 - c||x||^2)(1 - c||y||^2)) ),
 
@@ -212,9 +215,9 @@ def pairwise_distances(
     """Distance of every row of ``x`` to every row of ``y``; shape (len(x), len(y)).
 
     ``cosine``: 1 - cos; ``squared_chord``: squared Euclidean distance between the
-    L2-normalised rows, 2 - 2 cos (the spherical HIER distance, hier.md 6.10); ``chord``: its
-    square root; ``euclidean``: plain Euclidean distance; ``poincare``: ``poincare_cdist``
-    with ``curvature`` (required for it, and an error with any other metric).
+    L2-normalised rows, 2 - 2 cos (hierpipe's spherical HIER, docs/methods/hier.md);
+    ``chord``: its square root; ``euclidean``: plain Euclidean distance; ``poincare``:
+    ``poincare_cdist`` with ``curvature`` (required for it, and an error with any other metric).
     """
     check_metric(metric, curvature)
     if metric == "poincare":

@@ -1,7 +1,8 @@
 """The class tree: root-to-leaf paths, level-j ancestors, lowest common ancestors, tree distance.
 
 Each class (leaf) is described by its root-to-leaf path ``(level-0 ancestor, ..., class name)``;
-the root itself is implicit and never stored (ProxyDR reference, section 5). Internal nodes are
+the root itself is implicit and never stored, as in ProxyDR's class paths (its `*_cls.csv`
+files; docs/methods/mds.md). Internal nodes are
 identified by their path prefix, so equally named nodes in different branches stay distinct.
 """
 

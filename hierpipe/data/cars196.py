@@ -3,8 +3,8 @@
 Source: `car_ims.tgz` (`car_ims/000001.jpg` ...) and `cars_annos.mat`, a MATLAB file with
 `annotations`, a struct array with one element per image (fields `relative_im_path`, e.g.
 `car_ims/000001.jpg`, `bbox_x1` .. `bbox_y2`, `class` 1..196 and `test` 0/1), and
-`class_names`, the 196 names such as `Acura RL Sedan 2012`. The Stanford links may be dead
-(hier.md 9.2): `--source` takes a mirror URL, the archive (then cars_annos.mat is missing) or
+`class_names`, the 196 names such as `Acura RL Sedan 2012`. The Stanford links (HIER's README)
+may be dead: `--source` takes a mirror URL, the archive (then cars_annos.mat is missing) or
 a directory holding `car_ims/` and `cars_annos.mat`.
 
 Samples follow the annotations: sample_id is the 1-based annotation index, the label is
@@ -16,7 +16,7 @@ Samples follow the annotations: sample_id is the 1-based annotation index, the l
 
 Besides samples.parquet and classes.parquet, prepare writes two predefined splits (split
 scheme `predefined`): `metric_learning` (the first half of the classes, 1-98, train and the
-rest test, hier.md 9.1 and H19) and `official` (the annotations' `test` flag).
+rest test, as HIER's hier/dataset/cars.py does) and `official` (the annotations' `test` flag).
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ redone by every prepare, so that the images always come from the current source.
 counts the training images and then the test images from 0; the label is the fine class.
 
 Option `tree`: `proxydr` (default) is ProxyDR's CIFAR100_cls.csv, 3 -> 7 -> 20 -> 100 nodes
-per level, downloaded beside the archive and pinned by sha256 (../shared/hierarchies/README.md);
+per level, downloaded beside the archive from github.com/hjk92g/ProxyDR, pinned by sha256;
 `coarse` is the dataset's own 20 superclasses above the 100 classes.
 
 Predefined splits (split scheme `predefined`): `official` (the pickles' train/test) and
-`proxydr` (ProxyDR's `--use_val` protocol, proxydr.md 7.2: the official test set is test, the
+`proxydr` (ProxyDR's `--use_val` in train_cifar100.py: the official test set is test, the
 official training set is split 45,000 train / 5,000 val, stratified per class, seed 0).
 """
 

@@ -4,12 +4,12 @@ Source layout (CUB_200_2011.tgz): `CUB_200_2011/{images.txt, image_class_labels.
 classes.txt, train_test_split.txt, images/<NNN.Name>/<file>.jpg}`, every metadata file one
 `<id> <value>` per line. The tree comes from cvjena/semantic-embeddings' `hierarchy_flat.txt`
 and `classes_wikispecies.txt` (CUB class id -> the scientific name of a node of that tree),
-downloaded beside the archive and pinned by sha256 (../shared/hierarchies/README.md).
+downloaded beside the archive and pinned by sha256.
 
 Besides samples.parquet and classes.parquet, prepare writes the two standard splits as
 predefined splits (split scheme `predefined`): `official` (the dataset's own train/test
 images, for classification) and `metric_learning` (the first half of the classes, 1-100,
-train and the rest test, hier.md 9.1).
+train and the rest test, as HIER's hier/dataset/cub.py splits).
 """
 
 from __future__ import annotations

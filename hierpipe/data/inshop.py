@@ -17,7 +17,7 @@ item id order. The tree is gender -> category -> item (the item id). The predefi
 evaluated by retrieving each query among the gallery images, not within one set as CUB, Cars
 and SOP are; the released HIER code masks gallery items by dataset index as if query and
 gallery were the same set, which hides one unrelated gallery image from most queries
-(hier.md 8.2).
+(hier/helpers.py; docs/methods/retrieval_measures.md).
 """
 
 from __future__ import annotations

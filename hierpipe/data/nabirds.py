@@ -9,9 +9,9 @@ md5 that NABirds loaders written in the torchvision style check (several indepen
 repositories agree on it).
 
 The tree is the part of hierarchy.txt above the classes that have images: nodes without such
-a class below them are dropped. Below the root (kept implicit, proxydr.md 5.1) the perching
-birds' leaves sit at depth 4 (group / family / species / class) and the others at depth 3;
-ProxyDR counts the root and says 5 and 4 (proxydr.md 7.3). Leaf names are those of
+a class below them are dropped. Below the root (kept implicit, as in ProxyDR's class paths)
+the perching birds' leaves sit at depth 4 (group / family / species / class) and the others
+at depth 3; ProxyDR's nabirds_cls2.csv counts the root and has 5 and 4. Leaf names are those of
 classes.txt, except that a name shared by several leaves gets ` [<class id>]` appended to
 each, since class names must be unique. Labels number the classes with images by ascending
 class id; sample_id is the 1-based row of images.txt.
@@ -55,7 +55,7 @@ FILES = (
     ),
 )
 DATASET_DIR = "nabirds"
-# ProxyDR's random 70 / 10 / 20 split (proxydr.md 7.3), here stratified and seeded like seed 0.
+# ProxyDR's random 70 / 10 / 20 split (train_nabirds.py), here stratified and seeded like seed 0.
 _PROXYDR_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 _PROXYDR_SEED = 0
 _ID = r"\d+"

@@ -1,4 +1,4 @@
-"""Class-balanced batches: a few classes per batch, several samples of each (hier.md 7.2)."""
+"""Class-balanced batches: a few classes per batch, several samples of each (HIER's sampler)."""
 
 from __future__ import annotations
 

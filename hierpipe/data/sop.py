@@ -8,7 +8,8 @@ Ebay_test.txt, <super>_final/<file>.JPG}`. Both metadata files start with the he
 The tree has two levels: super class (12, named after the image folder: `bicycle_final` ->
 `bicycle`) -> product (named `<super>_<class_id>`, e.g. `bicycle_1`). Labels are class_id - 1.
 The predefined split `official` is the published one: Ebay_train.txt's images train (classes
-1-11,318), Ebay_test.txt's test (11,319-22,634), so train and test share no class (hier.md 9.1).
+1-11,318), Ebay_test.txt's test (11,319-22,634), so train and test share no class (as in
+HIER's hier/dataset/SOP.py).
 """
 
 from __future__ import annotations

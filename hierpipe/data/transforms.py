@@ -1,8 +1,9 @@
 """Image transforms of the papers' recipes: PIL image -> float tensor.
 
-ProxyDR feeds [0, 1] inputs, resized to a fixed size, with its affine augmentation
-(proxydr.md 8.3); HIER trains on RandomResizedCrop(224) + flip and tests on Resize(256) ->
-CenterCrop(224), with ImageNet (or 0.5) normalisation (hier.md 7.1).
+ProxyDR feeds [0, 1] inputs, resized to a fixed size, with its affine augmentation (`--aug`
+of train_cifar100.py); HIER trains on RandomResizedCrop(224) + flip and tests on
+Resize(256) -> CenterCrop(224), with ImageNet (or 0.5) normalisation (hier/utils.py,
+MultiTransforms).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ AUGMENTATIONS = ("none", "flip", "affine", "random_resized_crop")
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "none": None,
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the ViT backbones' (hier.md 4.1)
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the ViT backbones' (hier/models/model.py)
 }
-# HIER's test images: resized to 256, then the central 224 (hier.md 7.1)
+# HIER's test images: resized to 256, then the central 224 (hier/helpers.py, get_emb)
 _EVAL_RESIZE_RATIO = 256 / 224
 
 

@@ -82,7 +82,8 @@ def evaluate_run(
             _hierarchy(kind, group["class_id"].to_numpy(), vectors, tree, tree_dist, *metric)
         )
     metrics.update(_hierarchical_proxies(config, representatives, tree))
-    # chance level of every hierarchy measure: random unit vectors, one per class (proxydr.md 9)
+    # chance level of every hierarchy measure: random unit vectors, one per class
+    # (docs/methods/hierarchy_measures.md)
     chance = np.random.default_rng(config.seed).standard_normal(
         (tree.num_classes, config.backbone.embedding_dim)
     )
@@ -103,7 +104,8 @@ def evaluate_run(
         "embedding_dim": config.backbone.embedding_dim,
         "space": config.head.space,
         "trained": config.trained,
-        # Q17: proxies fitted to the true tree (MDS, CORR) measure that fit, not learning
+        # proxies fitted to the true tree (MDS, CORR) measure that fit, not learning
+        # (docs/methods/mds.md)
         "proxies_from_hierarchy": proxies_from_hierarchy(config.training_options),
         "subset": config.evaluate.subset,
         "metrics": {k: _finite_or_none(v) for k, v in sorted(metrics.items())},
@@ -173,8 +175,8 @@ def _retrieval(
     """Flat retrieval and hierarchical similarity (HS@k, AHS).
 
     Each item of the evaluation subset queries the rest of it, or, with `evaluate.gallery`
-    (In-shop), the items of the gallery subset, none of which is a query (hier.md 8.2: no
-    index mask is needed, so none is applied).
+    (In-shop), the items of the gallery subset, none of which is a query (no
+    index mask is needed, so none is applied; docs/methods/retrieval_measures.md).
     """
     settings = config.evaluate
     queries, labels = embeddings.embedding[subset], embeddings.label[subset]

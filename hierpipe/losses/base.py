@@ -1,4 +1,4 @@
-"""Common interface of the proxy-based classification losses (proxydr.md section 3)."""
+"""Common interface of the proxy-based classification losses (docs/methods/README.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CORR: cosine loss against fixed class embeddings (proxydr.md section 3.5)."""
+"""CORR: cosine loss against fixed class embeddings (docs/methods/corr.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class CORRLoss(ProxyDRLoss):
     The class embeddings must be fixed by the MDS option (`needs_fixed_proxies` in
     hierpipe.core.catalog).
     `reduction="sum"` is the public code's choice; "mean" divides by the batch size
-    (section 10, Q6). `scale` only enters the logits, which prediction ignores.
+    (docs/methods/corr.md). `scale` only enters the logits, which prediction ignores.
     """
 
     def __init__(

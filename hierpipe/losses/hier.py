@@ -1,4 +1,4 @@
-"""The HIER regulariser: hierarchical proxies as learned LCAs (hier.md 5, 6.1-6.7, 6.10)."""
+"""The HIER regulariser: hierarchical proxies as learned LCAs (docs/methods/hier.md)."""
 
 from __future__ import annotations
 
@@ -12,30 +12,32 @@ from hierpipe.core.errors import HierpipeError
 from hierpipe.core.geometry import pairwise_distances, to_poincare
 from hierpipe.core.validation import check_batch, check_in_ball, check_int, check_number
 
-# geometry -> pairwise_distances metric. "sphere" is hierpipe's HIERsph (hier.md 6.10: unit
-# proxies, 2 - 2cos); "euclidean" is a hierpipe variant. Neither exists in the public code.
+# geometry -> pairwise_distances metric. "sphere" is hierpipe's HIERsph (unit proxies,
+# 2 - 2cos); "euclidean" is a hierpipe variant. Neither exists in the public code.
 GEOMETRIES = {"poincare": "poincare", "sphere": "squared_chord", "euclidean": "euclidean"}
 
-# Initial tangent-space length of a proxy, as a fraction of clip_r (hier.md 5.1).
+# Initial tangent-space length of a proxy, as a fraction of clip_r (the released hier/losses.py).
 _INIT_FRACTION = 0.9
 
 
 class HIERLoss(nn.Module):
-    """HIER (Kim, Jeong, Kwak, CVPR 2023): `L = L_part(samples) + L_part(proxies)` (hier.md 6.7).
+    """HIER (Kim, Jeong, Kwak, CVPR 2023): `L = L_part(samples) + L_part(proxies)`.
 
     `num_proxies` hierarchical proxies are stored as tangent vectors (parameter `proxies`,
     initialised `N(0, I) * 0.9 clip_r / sqrt(D)`) and mapped into the ball by `to_poincare`
-    (with the Riemannian gradient scaling) on every forward (hier.md 5.1). Each part mines
-    triplets (i, j, k) from reciprocal top-k neighbours (6.3, 6.4), picks the pair's and the
-    triple's LCA among the proxies (6.5) and applies three margin hinges (6.6).
+    (with the Riemannian gradient scaling) on every forward. Each part mines
+    triplets (i, j, k) from reciprocal top-k neighbours, picks the pair's and the triple's LCA
+    among the proxies and applies three margin hinges, as the released hier/losses.py does
+    (formulas and differences: docs/methods/hier.md).
 
     Embeddings are points of the ball (poincare), or any vectors (sphere, euclidean). Mining
     positives are mutual neighbours, not same-class pairs: with one sample per class the
     same-label bonus touches only the diagonal and mining runs on distances alone, as in the
     public code. A part with no valid anchor (no sample with two mutual neighbours) contributes
-    0, where the public code crashes (hier.md H8); `last_stats` reports the triplet counts and
-    the fraction masked because both LCAs coincide (H8, H9). The public code's `topk` does
-    not adapt to the batch, so `topk` larger than the batch is an error, not clamped.
+    0, where the public code crashes; `last_stats` reports the triplet counts and the fraction
+    masked because both LCAs coincide (masked triplets still count in the mean). The public
+    code's `topk` does not adapt to the batch, so `topk` larger than the batch is an error, not
+    clamped.
 
     Randomness (triplet sampling, Gumbel noise) draws from `generator` when given, on the
     generator's device, else from torch's global RNG. The LCA choice is the Gumbel sample in
@@ -91,7 +93,7 @@ class HIERLoss(nn.Module):
             return self._mapped_proxies()
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """HIER term of a batch (scalar): sample part + proxy part (hier.md 6.7)."""
+        """HIER term of a batch (scalar): sample part + proxy part."""
         check_batch(embeddings, labels)
         if embeddings.shape[1] != self.embedding_dim:
             raise HierpipeError(
@@ -106,7 +108,7 @@ class HIERLoss(nn.Module):
         with torch.no_grad():
             similarities = torch.exp(-self._distances(embeddings, embeddings))
             if self.same_label_bonus:
-                # Ranks same-class samples first among the neighbours (hier.md 6.3, H7).
+                # Ranks same-class samples first among the neighbours, as the released mining does.
                 similarities += labels[:, None] == labels[None, :]
         to_proxies = self._distances(embeddings, proxies)
         between_proxies = self._distances(proxies, proxies)
@@ -132,11 +134,11 @@ class HIERLoss(nn.Module):
         return loss
 
     def mine_triplets(self, similarities: Tensor) -> Tensor:
-        """Triplets (T, 3) of row indices from reciprocal top-k neighbours (hier.md 6.3, 6.4).
+        """Triplets (T, 3) of row indices from reciprocal top-k neighbours.
 
         Anchors i with at least two mutual top-k neighbours (themselves excluded) get
         `triplets_per_anchor` triplets; j is drawn uniformly with replacement from i's mutual
-        neighbours, k from all other rows, i itself included as the public code does (H6).
+        neighbours, k from all other rows, i itself included as the public code does.
         """
         n = len(similarities)
         if self.topk > n:
@@ -170,7 +172,7 @@ class HIERLoss(nn.Module):
         return triplets.to(similarities.device)
 
     def triplet_loss(self, dist_to_proxies: Tensor, triplets: Tensor) -> Tensor:
-        """Mean hinge loss (hier.md 6.6) of `triplets` (T, 3) with deterministic argmin LCAs.
+        """Mean hinge loss of `triplets` (T, 3) with deterministic argmin LCAs.
 
         `dist_to_proxies[x, p]` is the distance of node x to proxy p; each LCA is the proxy
         minimising the largest distance to the pair (or triple).
@@ -204,7 +206,7 @@ class HIERLoss(nn.Module):
         self, dist: Tensor, triplets: Tensor, stochastic: bool
     ) -> tuple[Tensor, float]:
         if len(triplets) == 0:
-            # A zero that stays attached to the graph, so backward() still works (H8).
+            # A zero that stays attached to the graph, so backward() still works.
             return dist[:0].sum(), 0.0
         # Rows of i, j, k (T, M) each, without gradient: gradient reaches `dist` through the
         # maxima (`_RoutedMax`, only when stochastic: the Gumbel-softmax) and through the
@@ -230,7 +232,7 @@ class HIERLoss(nn.Module):
             + F.relu(to_pair[1] - to_triple[1] + self.margin)
             + F.relu(to_triple[2] - to_pair[2] + self.margin)
         )
-        # Masked triplets still count in the mean, as in the public code (H9).
+        # Masked triplets still count in the mean, as in the public code.
         distinct = pair_idx != triple_idx
         masked = 1.0 - float(distinct.float().mean())
         return (hinges * distinct).mean(), masked
@@ -246,7 +248,7 @@ class HIERLoss(nn.Module):
         """Distances (3, T) of the members to each triplet's LCA, and the LCA indices (T,).
 
         The LCA is argmin over proxies of `max_dist` (T, M), or when `stochastic` a hard
-        Gumbel-softmax sample (hier.md 6.5). The public code's straight-through
+        Gumbel-softmax sample. The public code's straight-through
         `sum_p d[p] (hard - soft.detach() + soft)[p]` is the chosen distance plus a term
         whose value is 0 and whose gradient gives d to the soft assignment and nothing to d
         (`_StraightThrough`): the same value and gradients, in fewer passes.

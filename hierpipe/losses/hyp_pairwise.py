@@ -1,4 +1,4 @@
-"""The Hyp baseline's pairwise cross-entropy on the Poincaré ball (hier.md sections 6.8, 7.5)."""
+"""The Hyp baseline's pairwise cross-entropy on the Poincaré ball (docs/methods/hyp_pairwise.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Multi-Similarity loss on cosine similarity, HIER's second metric loss (hier.md section 6.8)."""
+"""Multi-Similarity loss on cosine similarity, HIER's second metric loss.
+
+Definition and source: docs/methods/multi_similarity.md.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ class MultiSimilarityLoss(nn.Module):
     `L = 1/N sum_i [ 1/alpha log(1 + sum_{k in P_i} exp(-alpha (S_ik - base)))
                    + 1/beta  log(1 + sum_{k in N_i} exp( beta (S_ik - base))) ]`
     with S the cosine similarity, P_i the other samples of i's class and N_i the samples of
-    other classes. HIER's public code uses no hard-pair miner (hier.md 6.8), so neither does
+    other classes. HIER's public code (hier/losses.py) uses no hard-pair miner, so neither does
     this. No proxies: it is not a classifier.
     """
 

@@ -1,4 +1,4 @@
-"""NormFace (proxydr.md section 3.3, `euc` distance)."""
+"""NormFace, the ProxyDR code's `euc` form (docs/methods/normface.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""What a run minimises: its loss, plus a weighted regulariser such as HIER (hier.md 6.7)."""
+"""What a run minimises: its loss, plus a weighted regulariser such as HIER.
+
+The combination and its weight: docs/methods/hier.md.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ class Objective(nn.Module):
     """`loss(z, y) + weight * regularizer(z, y)`, or the loss alone without a regulariser.
 
     One module, so that the class proxies and the hierarchical proxies are saved, restored
-    and moved together (hier.md H2: the public code keeps neither in a checkpoint).
+    and moved together (the released HIER code keeps neither in a checkpoint).
     `last_terms` holds the detached value of each term of the latest forward, for the log.
     """
 

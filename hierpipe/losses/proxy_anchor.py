@@ -1,4 +1,4 @@
-"""Proxy-Anchor on cosine similarity, HIER's main metric loss (hier.md section 6.8)."""
+"""Proxy-Anchor on cosine similarity, HIER's main metric loss (docs/methods/proxy_anchor.md)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ class ProxyAnchorLoss(ProxyClassifierLoss):
 
     `L = 1/|P+| sum_{p in P+} log(1 + sum_{x of class p} exp(-alpha (cos(x, p) - margin)))
        + 1/|P| sum_{p in P} log(1 + sum_{x not of class p} exp(alpha (cos(x, p) + margin)))`,
-    with P+ the proxies whose class is in the batch (hier.md 6.8). The proxies start from
-    Kaiming-normal (fan_out) as in the public code; the prediction is the nearest proxy by
-    cosine, so `logits` are the cosines.
+    with P+ the proxies whose class is in the batch (HIER's hier/losses.py, `PA`). The proxies
+    start from Kaiming-normal (fan_out) as in the public code; the prediction is the nearest
+    proxy by cosine, so `logits` are the cosines.
     """
 
     normalized_embeddings = True

@@ -1,4 +1,4 @@
-"""ProxyDR, the distance-ratio formulation (proxydr.md section 3.4, `euc` distance)."""
+"""ProxyDR, the distance-ratio formulation, `euc` distance (docs/methods/proxydr.md)."""
 
 from __future__ import annotations
 

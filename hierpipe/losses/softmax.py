@@ -1,4 +1,4 @@
-"""Softmax classifier (proxydr.md section 3.2)."""
+"""Softmax classifier (docs/methods/softmax.md)."""
 
 from __future__ import annotations
 

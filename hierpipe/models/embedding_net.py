@@ -1,4 +1,7 @@
-"""Backbone plus linear embedding head (proxydr.md section 3.1, hier.md section 4.2)."""
+"""Backbone plus linear embedding head: ProxyDR's linear layer, or HIER's Poincaré head.
+
+The Poincaré head and its source: docs/methods/poincare_ball.md.
+"""
 
 from __future__ import annotations
 
@@ -111,7 +114,7 @@ class EmbeddingNet(nn.Module):
     """A timm backbone without classifier, followed by a linear head to `embedding_dim`.
 
     `head` picks the embedding space: "euclidean" (the linear output as is), "sphere"
-    (L2-normalised) or "poincare", HIER's head (hier.md 4.2): LayerNorm without affine
+    (L2-normalised) or "poincare", HIER's head (hier/models/model.py): LayerNorm without affine
     parameters -> Linear (orthogonal weight, zero bias) -> `ToPoincare` with `curvature`,
     `clip_r` and the Riemannian gradient rescaling. All heads keep the linear layer's
     state-dict keys `head.weight` and `head.bias`.
@@ -160,7 +163,7 @@ class EmbeddingNet(nn.Module):
         self.feature_norm: nn.Module = nn.Identity()
         self.head = nn.Linear(num_features, embedding_dim)
         if head == "poincare":
-            # as released with HIER (hier.md 4.2); the other heads keep the ProxyDR setup
+            # as released with HIER (hier/models/model.py); the other heads keep the ProxyDR setup
             self.feature_norm = nn.LayerNorm(num_features, elementwise_affine=False)
             nn.init.orthogonal_(self.head.weight)
             nn.init.zeros_(self.head.bias)

@@ -198,7 +198,7 @@ def _train_run(
 def build_optimizer(
     settings: TrainConfig, net: EmbeddingNet, objective: Objective
 ) -> torch.optim.Optimizer:
-    """One optimiser with a parameter group per LR_GROUPS entry (hier.md 5.2).
+    """One optimiser with a parameter group per LR_GROUPS entry (as HIER's hier/train.py).
 
     Each group remembers its multiplier; `set_learning_rates` derives its lr every epoch.
     Parameters a training option froze (EMA, MDS proxies) are left out.

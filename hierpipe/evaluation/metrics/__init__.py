@@ -1,4 +1,4 @@
-"""Evaluation measures: classification, hierarchy agreement, retrieval (proxydr.md 6)."""
+"""Evaluation measures: classification, hierarchy agreement, retrieval (docs/methods/README.md)."""
 
 from hierpipe.evaluation.metrics.classification import (
     calibration_errors,

@@ -1,4 +1,7 @@
-"""Standard classification measures: top-k and level-wise accuracy, calibration (proxydr.md 6.1)."""
+"""Standard classification measures: top-k and level-wise accuracy, calibration.
+
+Definitions and sources: docs/methods/classification_measures.md.
+"""
 
 from collections.abc import Sequence
 
@@ -48,7 +51,7 @@ def topk_accuracy(
 def calibration_errors(
     probabilities: np.ndarray, target: np.ndarray, n_bins: int = 15
 ) -> dict[str, float]:
-    """Expected and maximum calibration error, ``ece`` and ``mce`` (proxydr.md 6.1).
+    """Expected and maximum calibration error, ``ece`` and ``mce``.
 
     Confidence is the maximum probability of each row and the prediction its arg-max.
     Confidences fall into ``n_bins`` equal-width bins ``(b/n, (b+1)/n]`` (a confidence of
@@ -84,7 +87,7 @@ def calibration_errors(
 
 
 def level_accuracy(pred: np.ndarray, target: np.ndarray, level_labels: np.ndarray) -> float:
-    """Accuracy after mapping prediction and target to their level-l ancestor (proxydr.md 6.1).
+    """Accuracy after mapping prediction and target to their level-l ancestor.
 
     ``level_labels[c]`` is the ancestor id of class c, e.g. ``ClassTree.level_labels(level)``.
     """

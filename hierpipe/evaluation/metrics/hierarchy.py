@@ -1,7 +1,11 @@
-"""Measures that use the class hierarchy through its tree distance matrix (proxydr.md 6.2-6.4).
+"""Measures that use the class hierarchy through its tree distance matrix.
+
+Definitions and sources: docs/methods/classification_measures.md (AHC, mistake severity,
+AHD@k, HP@k), docs/methods/hierarchy_measures.md (correlations, Robinson-Foulds) and
+docs/methods/hierarchical_retrieval_measures.md (HS@k, AHS).
 
 Every function taking ``tree_dist`` checks it the same way: a square, finite, symmetric,
-non-negative (C, C) matrix with a zero diagonal (section 5.2).
+non-negative (C, C) matrix with a zero diagonal.
 """
 
 import math
@@ -91,7 +95,7 @@ def classwise_spearman(
     """Fisher-z mean of the per-class Spearman correlations, and the harmonic mean p-value.
 
     Class i contributes Spearman(rep_dist[:, i], tree_dist[:, i]); ``include_self`` keeps the
-    self-entry (i, i), as the ProxyDR code does (biased upwards, proxydr.md 6.2 and Q8). The
+    self-entry (i, i), as the ProxyDR code does (biased upwards: random vectors score above 0). The
     mean is tanh(nanmean(artanh(r_i))) with r_i clipped to ±(1 - 1e-12) so that a perfect
     column stays finite. Undefined correlations (constant columns) are NaN and skipped; NaN
     p-values are left out of the harmonic mean. (NaN, NaN) if every column is undefined.
@@ -131,13 +135,13 @@ def _upgma_newick(dist: np.ndarray) -> str:
 
 
 def robinson_foulds(rep_dist: np.ndarray, tree_dist: np.ndarray) -> dict[str, int | float]:
-    """Robinson-Foulds distance between the UPGMA trees of ``rep_dist`` and ``tree_dist`` (6.2).
+    """Robinson-Foulds distance between the UPGMA trees of ``rep_dist`` and ``tree_dist``.
 
     Returns ``rf`` (int, the symmetric difference of the non-trivial bipartitions of the two
     trees compared as unrooted, as the code's ete3 ``compare(unrooted=True)``), ``max_rf`` =
     2 (C - 3), the largest possible ``rf`` for two unrooted binary trees on C leaves, and
-    ``norm_rf`` = rf / max_rf. A dict rather than the spec's int because the code reports all
-    three. With C < 4 every unrooted binary tree is the same: rf = max_rf = 0, norm_rf = NaN.
+    ``norm_rf`` = rf / max_rf. A dict rather than a single int because the ProxyDR code reports
+    all three. With C < 4 every unrooted binary tree is the same: rf = max_rf = 0, norm_rf = NaN.
 
     UPGMA always builds a binary tree; where distances tie (a multifurcation of the
     hierarchy) the resolution is arbitrary. scipy breaks such ties differently from the
@@ -181,7 +185,7 @@ def average_hierarchical_cost(pred: np.ndarray, target: np.ndarray, tree_dist: n
 def mistake_severity(pred: np.ndarray, target: np.ndarray, tree_dist: np.ndarray) -> float:
     """Mean tree distance between predicted and true class over the mistakes only.
 
-    The mistakes-only average that the code's "HDM" comment names but AHC is not (6.3).
+    The mistakes-only average that the code's "HDM" comment names but AHC is not.
     NaN when there are no mistakes.
     """
     costs, mistakes = _prediction_costs(pred, target, tree_dist)
@@ -216,8 +220,8 @@ def ahd_at_k(
 ) -> float:
     """AHD@k: mean over samples of the mean tree distance of the k top classes to the target.
 
-    proxydr.md 6.3: (1/N) sum_i (1/k) sum_{r<=k} D(yhat_{i,(r)}, y_i). ``scores`` is (N, C)
-    with C = len(tree_dist), higher is better; k > C is an error.
+    (1/N) sum_i (1/k) sum_{r<=k} D(yhat_{i,(r)}, y_i), as the ProxyDR code computes it.
+    ``scores`` is (N, C) with C = len(tree_dist), higher is better; k > C is an error.
     """
     tree, t, top = _top_classes(scores, target, tree_dist, k)
     return float(tree[t[:, None], top].mean())
@@ -230,7 +234,7 @@ def hp_at_k(
     k: int = 5,
     definition: str = "code",
 ) -> float:
-    """HP@k: mean fraction of the k top classes within a radius h_i of the target (6.3, Q7).
+    """HP@k: mean fraction of the k top classes within a radius h_i of the target.
 
     HP@k = (1/N) sum_i |{yhat_{i,(1..k)}} & S_i| / k with S_i = {c : D(y_i, c) <= h_i} and,
     with d_i = sort(D[y_i, :]) (0-based, d_i[0] = 0 is the self-distance):
@@ -332,9 +336,9 @@ def hierarchical_similarity_at_k(
     beta: float = 1.0,
     exclude_self: bool = True,
 ) -> dict[str, float]:
-    """HS@k, as ``hs@{k}`` keys: found over ideal summed class similarity of k neighbours (6.4).
+    """HS@k, as ``hs@{k}`` keys: found over ideal summed class similarity of k neighbours.
 
-    sigma(a, b) = 1 - T(D_ab)^2 / 2, T(D) = sqrt(2) D / (beta + D) (Q4). ``knn_labels`` (Nq, K)
+    sigma(a, b) = 1 - T(D_ab)^2 / 2, T(D) = sqrt(2) D / (beta + D). ``knn_labels`` (Nq, K)
     are the labels of each query's K nearest references, nearest first (self already
     excluded, e.g. via ``nearest_neighbours``). HS@k(q) = sum_{r<=k} sigma(y_q, knn_q(r)) /
     sum_{r<=k} sigma(y_q, best_q(r)), where best_q is ``reference_labels`` sorted by
@@ -364,7 +368,7 @@ def ahs(
     beta: float = 1.0,
     exclude_self: bool = True,
 ) -> float:
-    """AHS@k_max: trapezoidal area under HS@1..HS@K with dx = 1 / (K - 1), so in [0, 1] (6.4).
+    """AHS@k_max: trapezoidal area under HS@1..HS@K with dx = 1 / (K - 1), so in [0, 1].
 
     K = k_max (250 in the code), or the number of references available per query if that
     is smaller; ``knn_labels`` needs at least K columns and K must be >= 2. Arguments as in

@@ -37,7 +37,7 @@ def _search_space(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated query and reference embeddings (the query itself when ``reference`` is None),
     in ``dtype``: by default float64 for ``poincare``, where 1 - c||x||^2 near the boundary
-    needs it to separate near ties (hier.md 3.3), else float32."""
+    needs it to separate near ties, else float32."""
     check_metric(distance, curvature, "distance")
     check_int("chunk_size", chunk_size, 1)
     if dtype is None:
@@ -89,7 +89,8 @@ def nearest_neighbours(
     """(Nq, k) indices into ``reference`` of each query's k nearest references, nearest first.
 
     Without ``reference`` the query set is its own reference and each query's own row is
-    excluded by index (proxydr.md 6.4: "the first element of the sorted order is dropped").
+    excluded by index (the ProxyDR evaluation: "the first element of the sorted order is
+    dropped").
     k larger than the number of available references is an error. ``distance``, ``curvature``,
     chunking and ``dtype`` as in ``retrieval_metrics``; the order among equally distant
     references is unspecified.
@@ -128,7 +129,7 @@ def retrieval_metrics(
     If no query has R > 0, every value is NaN. A k larger than the number of available
     references is clamped to it. ``distance`` is one of ``hierpipe.core.geometry.METRICS``;
     ``poincare`` ranks by Poincaré distance (HIER's test-time similarity is its negative,
-    hier.md 8.1), needs ``curvature`` and embeddings strictly inside that ball. Comparisons
+    hier/helpers.py), needs ``curvature`` and embeddings strictly inside that ball. Comparisons
     are decided in ``dtype``, by default float64 for ``poincare`` and float32 otherwise; a
     reference exactly as close as a relevant one ranks after it.
 

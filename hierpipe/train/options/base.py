@@ -1,4 +1,4 @@
-"""The interface between the training engine and a training option (proxydr.md section 4).
+"""The interface between the training engine and a training option (docs/methods/README.md).
 
 An option is a named entry in params, never a branch in the training loop: the engine calls
 its hooks at fixed points and stores its state in the checkpoint.

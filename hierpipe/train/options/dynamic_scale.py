@@ -1,9 +1,11 @@
-"""Dynamic scale, the AdaCos-style adaptive scale of NormFace and ProxyDR (proxydr.md 4.3).
+"""Dynamic scale, the AdaCos-style adaptive scale of NormFace and ProxyDR.
+
+Formulas, source and switches: docs/methods/dynamic_scale.md.
 
 The scale s = exp(log_s) is chosen so that the target probability p_y is steepest
 (d^2 p_y / dx^2 = 0) at the median target angle of the batch: a second Adam optimiser takes
 one step per training step on the squared residual of that condition. The classification
-loss never moves s (its logits read `loss.scale`, a buffer; section 10, Q9).
+loss never moves s (its logits read `loss.scale`, a buffer).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ SCALE_EQUATIONS: dict[str, ScaleEquation] = {
 }
 
 # Exact classes, not isinstance: CORR subclasses ProxyDRLoss for its logits, but its
-# training loss has no scale to adapt (section 3.5).
+# training loss has no scale to adapt (docs/methods/corr.md).
 _LOSS_KINDS: dict[type[ProxyClassifierLoss], str] = {
     ProxyDRLoss: "proxydr",
     NormFaceLoss: "normface",
@@ -80,7 +82,7 @@ _LOSS_KINDS: dict[type[ProxyClassifierLoss], str] = {
 
 def initial_scale(loss_kind: str, num_classes: int) -> float:
     """The scale s0 at which the condition holds for a target at pi/4 and C - 1 orthogonal
-    non-targets, solved with fsolve from s = 10 as in the public code (section 4.3).
+    non-targets, solved with fsolve from s = 10 as in the public code.
 
     For NormFace with C <= 22 no scale satisfies it; like the public code, s0 is then
     fsolve's last iterate (near the smallest residual), with a warning.
@@ -108,7 +110,7 @@ def initial_scale(loss_kind: str, num_classes: int) -> float:
 
 
 def scale_residual(loss_kind: str, scale: Tensor, theta_med: Tensor, b_avg: Tensor) -> Tensor:
-    """The residual of the scale condition (section 4.3); differentiable in `scale`."""
+    """The residual of the scale condition; differentiable in `scale`."""
     return SCALE_EQUATIONS[loss_kind].residual(scale, theta_med, b_avg)
 
 
@@ -119,7 +121,7 @@ class DynamicScale(TrainingOption):
     (train_cifar100.py). `dr_numerator="public_code"` reproduces the public code's ProxyDR
     B_avg, which raises d^2 to the power -sqrt(s) instead of -s/2, i.e. evaluates the
     numerators at scale 2 sqrt(s); "consistent" uses d^-s, as the initial-value equation
-    and section 4.3 do.
+    implies.
     """
 
     def __init__(self, dr_numerator: str = "public_code") -> None:

@@ -1,4 +1,4 @@
-"""EMA proxies: class centres tracked by an exponential moving average (proxydr.md 4.2)."""
+"""EMA proxies: class centres tracked by an exponential moving average (docs/methods/ema.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MDS proxies: fixed class embeddings that reproduce the tree distances (proxydr.md 4.4)."""
+"""MDS proxies: fixed class embeddings that reproduce the tree distances (docs/methods/mds.md)."""
 
 from __future__ import annotations
 
