@@ -3,6 +3,7 @@ import math
 from decimal import Decimal
 
 import geoopt
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -66,10 +67,33 @@ def test_chord_of_identical_rows_is_zero_not_nan():
     torch.testing.assert_close(torch.diagonal(d), torch.zeros(2), atol=1e-3, rtol=0)
 
 
-def test_chord_is_sqrt_of_twice_cosine_distance(xy):
-    x, y = xy
+def _angles(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Angles between the rows of x and y by arccos of the normalised dot product, in NumPy."""
+    a, b = x.double().numpy(), y.double().numpy()
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.arccos(np.clip(a @ b.T, -1.0, 1.0))
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_chord_is_twice_the_sine_of_half_the_angle(xy, dtype, rtol):
+    # the chord of the unit circle subtending angle theta has length 2 sin(theta / 2)
+    x, y = (v.to(dtype) for v in xy)
+    expected = 2 * np.sin(_angles(x, y) / 2)
+    chord = pairwise_distances(x, y, "chord").double().numpy()
+    squared = pairwise_distances(x, y, "squared_chord").double().numpy()
+    np.testing.assert_allclose(chord, expected, rtol=rtol, atol=0)
+    np.testing.assert_allclose(squared, expected**2, rtol=2 * rtol, atol=0)
+
+
+def test_chord_by_hand():
+    # directions at 0, 60, 90 and 180 degrees from (1, 0), at lengths other than 1
+    x = torch.tensor([[2.0, 0.0]])
+    y = torch.tensor([[5.0, 0.0], [0.5, 0.5 * math.sqrt(3)], [0.0, 3.0], [-0.1, 0.0]])
+    expected = torch.tensor([[0.0, 1.0, math.sqrt(2), 2.0]])
+    torch.testing.assert_close(pairwise_distances(x, y, "chord"), expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(
-        pairwise_distances(x, y, "chord") ** 2, 2 * pairwise_distances(x, y, "cosine")
+        pairwise_distances(x, y, "squared_chord"), expected**2, atol=1e-6, rtol=0
     )
 
 
@@ -83,15 +107,14 @@ def test_dimension_mismatch():
         pairwise_distances(torch.ones(2, 3), torch.ones(2, 4))
 
 
-def test_squared_chord_is_twice_cosine_distance_and_chord_squared(xy):
-    x, y = xy
-    squared = pairwise_distances(x, y, "squared_chord")
-    torch.testing.assert_close(squared, 2 * pairwise_distances(x, y, "cosine"))
-    torch.testing.assert_close(squared, pairwise_distances(x, y, "chord") ** 2)
+def test_squared_chord_is_never_negative():
+    # 2 - 2cos of a row with itself rounds to slightly below zero without the clamp
+    x = torch.randn(50, 7, generator=torch.Generator().manual_seed(0)) * 3
     assert (pairwise_distances(x, x, "squared_chord") >= 0).all()
 
 
-# --- Poincaré ball (hier.md section 3) ---
+# --- Poincaré ball: the hyptorch maps of the HIER code (github.com/tjddus9597/HIER-CVPR23,
+# hier/hyptorch/pmath.py and nn.py, ToPoincare), checked against geoopt and analytic cases ---
 
 
 def _ball_points(
@@ -139,30 +162,59 @@ def test_poincare_metric_needs_curvature_and_others_refuse_it():
         pairwise_distances(x, x, "cosine", curvature=0.1)
 
 
-def _decimal_poincare_dist(x: list[float], y: list[float], curvature: float) -> float:
-    """hyptorch's ``(2/sqrt(c)) artanh(sqrt(c) ||(-x) (+)_c y||)`` (hier.md 3.3) in 60-digit
-    decimal arithmetic, from the exact values of the float inputs."""
+def _decimal_artanh(t: Decimal) -> Decimal:
+    return ((1 + t) / (1 - t)).ln() / 2
+
+
+def _collinear_pairs(
+    n: int, dim: int, curvature: float, bits: int, seed: int, max_fraction: float
+) -> tuple[list[list[float]], list[list[float]], list[float]]:
+    """Pairs x = a u, y = +-b u on one line through the origin, with their exact distances.
+
+    u is a small integer vector (a random direction) and a, b have at most `bits`
+    significant bits, so every coordinate is exact in the dtype under test and each pair is
+    exactly collinear. On a diameter the Poincaré distance is the difference (same side) or
+    the sum (opposite sides) of the distances from the origin, (2/sqrt(c)) artanh(sqrt(c) r);
+    those are evaluated in 60-digit decimal arithmetic from the exact inputs. The pairs are
+    close (b a few units of the last bit below a), apart, or on opposite sides.
+    """
+    rng = np.random.default_rng(seed)
+    sqrt_c = math.sqrt(curvature)
+    xs, ys, expected = [], [], []
     with decimal.localcontext() as ctx:
         ctx.prec = 60
-        c = Decimal(curvature)
-        a, b = [-Decimal(v) for v in x], [Decimal(v) for v in y]
-        ab = sum(p * q for p, q in zip(a, b, strict=True))
-        a2, b2 = sum(p * p for p in a), sum(q * q for q in b)
-        denominator = 1 + 2 * c * ab + c * c * a2 * b2
-        mobius = [
-            ((1 + 2 * c * ab + c * b2) * p + (1 - c * a2) * q) / denominator
-            for p, q in zip(a, b, strict=True)
-        ]
-        t = c.sqrt() * sum(v * v for v in mobius).sqrt()
-        return float(2 / c.sqrt() * ((1 + t) / (1 - t)).ln() / 2)
+        root_c = Decimal(curvature).sqrt()
+        for k in range(n):
+            u = [0] * dim
+            while not any(u):
+                u = rng.integers(-7, 8, size=dim).tolist()
+            norm_u = Decimal(sum(v * v for v in u)).sqrt()
+
+            def with_bits(fraction: float, norm_u=norm_u) -> float:
+                # the largest `bits`-bit number with sqrt(c) a ||u|| <= fraction (inside)
+                mantissa, exponent = math.frexp(fraction / (sqrt_c * float(norm_u)))
+                return math.ldexp(math.floor(mantissa * 2**bits), exponent - bits)
+
+            # norm fractions biased towards the boundary, as in _ball_points
+            a = with_bits(max_fraction * (1 - 1e-3) * (1 - rng.random() ** 4))
+            kind = k % 3
+            if kind == 0:
+                _, exponent = math.frexp(a)
+                b, sign = a - math.ldexp(int(rng.integers(1, 9)), exponent - bits), 1
+            else:
+                b = with_bits(max_fraction * (1 - 1e-3) * (1 - rng.random() ** 4))
+                sign = 1 if kind == 1 else -1
+            xs.append([a * v for v in u])
+            ys.append([sign * b * v for v in u])
+            to_a = _decimal_artanh(root_c * Decimal(a) * norm_u)
+            to_b = _decimal_artanh(root_c * Decimal(b) * norm_u)
+            expected.append(float(2 / root_c * (to_a - sign * to_b).copy_abs()))
+    return xs, ys, expected
 
 
-def _reference_cdist(x: torch.Tensor, y: torch.Tensor, curvature: float) -> torch.Tensor:
-    rows = [[_decimal_poincare_dist(a, b, curvature) for b in y.tolist()] for a in x.tolist()]
-    return torch.tensor(rows, dtype=torch.float64)
-
-
-@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 2e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize(
+    ("dtype", "bits", "rtol"), [(torch.float32, 20, 2e-6), (torch.float64, 49, 1e-12)]
+)
 @settings(max_examples=25, deadline=None)
 @given(
     curvature=st.floats(0.01, 10.0),
@@ -170,15 +222,69 @@ def _reference_cdist(x: torch.Tensor, y: torch.Tensor, curvature: float) -> torc
     seed=st.integers(0, 2**31 - 1),
     max_fraction=st.sampled_from([0.5, 1.0]),
 )
-def test_poincare_cdist_matches_high_precision_arithmetic(
-    dtype, rtol, curvature, dim, seed, max_fraction
+def test_poincare_cdist_on_a_diameter_matches_exact_arithmetic(
+    dtype, bits, rtol, curvature, dim, seed, max_fraction
 ):
-    x = _ball_points(6, dim, curvature, dtype, seed, max_fraction)
-    # two close pairs as well, where cancellation would show
-    y = torch.cat([_ball_points(4, dim, curvature, dtype, seed + 1, max_fraction), x[:2] * 0.999])
+    xs, ys, expected = _collinear_pairs(9, dim, curvature, bits, seed, max_fraction)
+    x, y = torch.tensor(xs, dtype=dtype), torch.tensor(ys, dtype=dtype)
+    # every coordinate is exact in `dtype` (at most `bits` + 3 significant bits)
+    assert x.double().tolist() == xs and y.double().tolist() == ys
     got = poincare_cdist(x, y, curvature)
-    assert got.dtype == dtype and got.shape == (6, 6)
-    torch.testing.assert_close(got.double(), _reference_cdist(x, y, curvature), rtol=rtol, atol=0)
+    assert got.dtype == dtype
+    torch.testing.assert_close(
+        torch.diagonal(got).double(), torch.tensor(expected, dtype=torch.float64), rtol=rtol, atol=0
+    )
+
+
+def test_poincare_cdist_by_hand():
+    # c = 1: cosh d = 1 + 2 ||x - y||^2 / ((1 - ||x||^2)(1 - ||y||^2)), here 1 + 2 * 0.5 / 0.75^2
+    x = torch.tensor([[0.5, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 0.5], [0.0, 0.0], [-0.5, 0.0]], dtype=torch.float64)
+    expected = [[math.acosh(25 / 9), 2 * math.atanh(0.5), 4 * math.atanh(0.5)]]
+    torch.testing.assert_close(
+        poincare_cdist(x, y, 1.0), torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0
+    )
+
+
+def _geoopt_ball(curvature: float) -> geoopt.PoincareBall:
+    # c as a float64 tensor, so that float64 maths sees the exact curvature
+    return geoopt.PoincareBall(c=torch.tensor(curvature, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("max_fraction", [0.6, 1.0])
+def test_poincare_cdist_is_invariant_under_mobius_translation(max_fraction):
+    # Left Möbius translation z -> a (+) z is an isometry of the ball; (-x) (+) . moves x to
+    # the origin (-x (+) x = 0), where d(0, w) = (2/sqrt(c)) artanh(sqrt(c) ||w||).
+    ball = _geoopt_ball(0.1)
+    x = _ball_points(20, 8, 0.1, torch.float64, 0, max_fraction)
+    y = _ball_points(20, 8, 0.1, torch.float64, 1, max_fraction)
+    a = _ball_points(20, 8, 0.1, torch.float64, 2, 0.6)
+    ax, ay = ball.mobius_add(a, x, project=False), ball.mobius_add(a, y, project=False)
+    # left cancellation: the translated points are the translation of x and y
+    torch.testing.assert_close(ball.mobius_add(-a, ax, project=False), x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ball.mobius_add(-x, x, project=False), torch.zeros_like(x))
+
+    distances = torch.diagonal(poincare_cdist(x, y, 0.1))
+    torch.testing.assert_close(
+        torch.diagonal(poincare_cdist(ax, ay, 0.1)), distances, rtol=1e-9, atol=0
+    )
+    moved = ball.mobius_add(-x, y, project=False)
+    from_origin = 2 / math.sqrt(0.1) * torch.atanh(math.sqrt(0.1) * moved.norm(dim=1))
+    torch.testing.assert_close(from_origin, distances, rtol=1e-9, atol=0)
+
+
+def test_poincare_cdist_is_invariant_under_rotation():
+    x = _ball_points(15, 6, 0.1, torch.float64, 3)
+    y = _ball_points(10, 6, 0.1, torch.float64, 4)
+    rotation, _ = torch.linalg.qr(
+        torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    )
+    torch.testing.assert_close(
+        poincare_cdist(x @ rotation, y @ rotation, 0.1),
+        poincare_cdist(x, y, 0.1),
+        rtol=1e-10,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-4), (torch.float64, 1e-10)])
@@ -189,7 +295,7 @@ def test_poincare_cdist_matches_geoopt(dtype, rtol, max_fraction):
     precision = dtype
     if max_fraction == 1.0:
         # near the boundary geoopt's artanh form is itself off by up to ~1e-2 in float32 and
-        # ~4e-10 in float64 (the decimal comparison above checks the tighter bounds)
+        # ~4e-10 in float64 (the exact cases on a diameter above check the tighter bounds)
         precision, rtol = torch.float64, max(rtol, 1e-9)
     expected = poincare_ball(0.1).dist(x.to(precision)[:, None], y.to(precision)[None])
     got = poincare_cdist(x, y, 0.1)
@@ -197,7 +303,8 @@ def test_poincare_cdist_matches_geoopt(dtype, rtol, max_fraction):
 
 
 def test_poincare_distance_from_origin_is_twice_the_clipped_tangent_norm():
-    # hier.md 3.4: d(0, exp_0(u)) = 2 ||u|| for the clipped tangent vector u
+    # d(0, exp_0(u)) = (2/sqrt(c)) artanh(tanh(sqrt(c) ||u||)) = 2 ||u|| for the clipped
+    # tangent vector u
     x = torch.randn(50, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     x = x * torch.linspace(0.01, 2, 50, dtype=torch.float64)[:, None]
     d = poincare_cdist(to_poincare(x, 0.1, 2.3), torch.zeros(1, 16, dtype=torch.float64), 0.1)
@@ -274,13 +381,23 @@ def test_to_poincare_stays_strictly_inside_the_ball(dtype, magnitude, clip_r):
     )
 
 
-def test_to_poincare_is_clip_then_expmap0():
-    x = torch.randn(20, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2
-    u = clip_features(x, 2.3)
-    expected = torch.tanh(math.sqrt(0.1) * u.norm(dim=1, keepdim=True)) * u
-    expected = expected / (math.sqrt(0.1) * u.norm(dim=1, keepdim=True))
+def test_to_poincare_is_clip_then_geoopts_expmap0():
+    # norms from 0.02 to 4: on both sides of the clip radius, all inside the projection
+    x = torch.randn(20, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = x / x.norm(dim=1, keepdim=True) * torch.linspace(0.02, 4, 20, dtype=torch.float64)[:, None]
+    ball = _geoopt_ball(0.1)
+    expected = ball.expmap0(clip_features(x, 2.3), project=False)
     torch.testing.assert_close(to_poincare(x, 0.1, 2.3), expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(ToPoincare(0.1, 2.3)(x), expected, rtol=1e-12, atol=0)
+    # log_0 undoes exp_0: the tangent vector behind each point keeps x's direction, with
+    # x's norm up to the clip radius and (just under) 2.3 beyond it
+    tangent = ball.logmap0(to_poincare(x, 0.1, 2.3))
+    torch.testing.assert_close(
+        torch.nn.functional.normalize(tangent, dim=1), torch.nn.functional.normalize(x, dim=1)
+    )
+    norms = x.norm(dim=1)
+    expected_norms = torch.where(norms < 2.3 - 1e-5, norms, torch.full_like(norms, 2.3))
+    torch.testing.assert_close(tangent.norm(dim=1), expected_norms, rtol=1e-5, atol=0)
     assert (to_poincare(torch.zeros(2, 8), 0.1, 2.3) == 0).all()
 
 

@@ -1,23 +1,20 @@
-"""Loss values against hand-computed numbers, gradients, scale handling and the registry."""
+"""Loss values against hand-computed numbers and pytorch-metric-learning, gradients, scale
+handling, and building losses by name."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from pytorch_metric_learning.losses import NormalizedSoftmaxLoss
 from torch.func import functional_call
 
 from hierpipe.core.errors import HierpipeError
 from hierpipe.losses import (
     LOSSES,
-    REGULARIZERS,
-    CORRLoss,
-    HIERLoss,
-    HypPairwiseLoss,
-    MultiSimilarityLoss,
     NormFaceLoss,
-    ProxyAnchorLoss,
     ProxyClassifierLoss,
     ProxyDRLoss,
     SoftmaxLoss,
@@ -68,6 +65,32 @@ def test_normface_matches_hand_computed_value(scale: float) -> None:
     ) / 2
     value = loss(_SPHERE_EMBEDDINGS, _SPHERE_LABELS).item()
     assert value == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 32.0])
+def test_normface_equals_pytorch_metric_learnings_normalized_softmax(scale: float) -> None:
+    # pytorch-metric-learning's NormalizedSoftmaxLoss.get_logits divides the cosine (its
+    # default DotProductSimilarity normalises embeddings and the columns of W) by
+    # `temperature`, so scale s is temperature 1/s; W is stored (D, C), the proxies' transpose.
+    generator = torch.Generator().manual_seed(int(scale))
+    embeddings = 3 * torch.randn(12, 5, dtype=torch.float64, generator=generator)
+    weights = torch.randn(7, 5, dtype=torch.float64, generator=generator)
+    labels = torch.randint(0, 7, (12,), generator=generator)
+
+    ours = NormFaceLoss(num_classes=7, embedding_dim=5, scale=scale).double()
+    peer = NormalizedSoftmaxLoss(num_classes=7, embedding_size=5, temperature=1 / scale).double()
+    with torch.no_grad():
+        ours.proxies.copy_(weights)
+        peer.W.copy_(weights.T)
+    ours_z = embeddings.clone().requires_grad_()
+    peer_z = embeddings.clone().requires_grad_()
+    value, expected = ours(ours_z, labels), peer(peer_z, labels)
+    value.backward()
+    expected.backward()
+
+    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(ours_z.grad, peer_z.grad, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(ours.proxies.grad, peer.W.grad.T, rtol=1e-10, atol=1e-14)
 
 
 def test_proxydr_matches_distance_ratio_form() -> None:
@@ -136,38 +159,36 @@ def test_scale_can_be_changed_in_place(cls: type[ProxyClassifierLoss]) -> None:
 
 
 @pytest.mark.parametrize("name", PROXY_LOSSES)
-def test_representatives_are_detached_unit_rows(name: str) -> None:
+def test_representatives_are_the_detached_normalised_proxies(name: str) -> None:
     loss = build_loss(name, num_classes=5, embedding_dim=7)
+    with torch.no_grad():  # rows of unequal length: only their directions may survive
+        loss.proxies.mul_(torch.arange(1.0, 6.0)[:, None])
     reps = loss.representatives()
-    assert reps.shape == (5, 7)
     assert not reps.requires_grad
-    torch.testing.assert_close(reps.norm(dim=1), torch.ones(5))
+    proxies = loss.proxies.detach().double().numpy()
+    expected = proxies / np.linalg.norm(proxies, axis=1, keepdims=True)
+    np.testing.assert_allclose(reps.double().numpy(), expected, rtol=1e-6, atol=1e-7)
 
 
-def test_normalized_embeddings_flags() -> None:
-    assert SoftmaxLoss.normalized_embeddings is False
-    assert NormFaceLoss.normalized_embeddings is True
-    assert ProxyDRLoss.normalized_embeddings is True
-
-
-def test_registry_holds_the_losses() -> None:
-    expected = {
-        "softmax": SoftmaxLoss,
-        "normface": NormFaceLoss,
-        "proxydr": ProxyDRLoss,
-        "corr": CORRLoss,
-        "proxy_anchor": ProxyAnchorLoss,
-        "multi_similarity": MultiSimilarityLoss,
-        "hyp_pairwise": HypPairwiseLoss,
-    }
-    assert expected == LOSSES
-    assert {"hier": HIERLoss} == REGULARIZERS
+@pytest.mark.parametrize("name", PROXY_LOSSES)
+def test_normalized_embeddings_flag_says_whether_the_loss_ignores_the_length(name: str) -> None:
+    # The flag tells the head to L2-normalise for the loss: it must be set exactly for the
+    # losses whose value depends on the embeddings' directions only.
+    torch.manual_seed(0)
+    loss = build_loss(name, num_classes=4, embedding_dim=3)
+    embeddings, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 3, 0, 1])
+    rescaled = embeddings * torch.tensor([0.2, 1.0, 3.0, 7.0, 0.5, 2.0])[:, None]
+    same = torch.allclose(loss(rescaled, labels), loss(embeddings, labels), rtol=1e-5, atol=0)
+    assert same is loss.normalized_embeddings
 
 
 def test_build_loss_passes_hyperparameters() -> None:
-    loss = build_loss("proxydr", {"scale": 3.0}, num_classes=5, embedding_dim=8)
-    assert isinstance(loss, ProxyDRLoss)
-    assert (loss.num_classes, loss.embedding_dim, loss.scale.item()) == (5, 8, 3.0)
+    loss = build_loss("proxydr", {"scale": 3.0}, num_classes=3, embedding_dim=2)
+    loss.proxies.data.copy_(_SPHERE_PROXIES)
+    # chord distances of (0.6, 0.8) to the proxies: sqrt(0.8), sqrt(0.4), sqrt(3.2)
+    expected = math.log(1 + math.sqrt(2) ** 3 + 0.5**3)
+    value = loss(_SPHERE_EMBEDDINGS[:1], _SPHERE_LABELS[:1]).item()
+    assert value == pytest.approx(expected, rel=1e-6)
 
 
 def test_build_loss_unknown_name_lists_known_names() -> None:

@@ -1,20 +1,32 @@
-"""Training options (proxydr.md section 4): EMA, dynamic scale, MDS, and their registry."""
+"""Training options of the ProxyDR code (github.com/hjk92g/ProxyDR, train_cifar100.py: `--ema`,
+`--dynamic`, `--mds_W`): EMA, dynamic scale, MDS, their registry, and what each does inside
+the training engine."""
 
 from __future__ import annotations
 
 import io
 import logging
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_PARAMS, validated
+from scipy.optimize import brentq, minimize_scalar
 
 from hierpipe.core.catalog import TRAINING_OPTIONS, check_option_set, proxies_from_hierarchy
+from hierpipe.core.config import SplitConfig, resolve_run_config
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
-from hierpipe.losses import NormFaceLoss, ProxyClassifierLoss, ProxyDRLoss, build_loss
+from hierpipe.data import make_split, prepare_dataset, read_classes
+from hierpipe.losses import NormFaceLoss, ProxyClassifierLoss, ProxyDRLoss
+from hierpipe.train import engine
+from hierpipe.train.artifacts import load_model
+from hierpipe.train.engine import train_run
 from hierpipe.train.options import (
     DynamicScale,
     EMAProxies,
@@ -72,12 +84,29 @@ def test_initial_scale_matches_the_reference_table(
     assert initial_scale("normface", num_classes) == pytest.approx(normface, abs=0.01)
 
 
-def test_initial_scale_without_a_root_warns_and_keeps_fsolves_iterate(caplog) -> None:
-    # For NormFace with C <= 22 the exponential target term always wins.
+def _normface_initial_residual(scale: float, num_classes: int) -> float:
+    """The NormFace condition at a target angle of pi/4 and C - 1 orthogonal non-targets."""
+    c = s2 = math.sqrt(0.5)  # cos(pi/4), and sin^2(pi/4) = 1/2 below
+    return math.exp(scale * c) * (c + scale * s2**2) + (num_classes - 1) * (c - scale * s2**2)
+
+
+@pytest.mark.parametrize("num_classes", [8, 12])
+def test_initial_scale_without_a_root_warns_and_keeps_fsolves_iterate(
+    caplog, num_classes: int
+) -> None:
+    # For NormFace with C <= 22 the exponential target term always wins: the residual has no
+    # root, and fsolve stops where it is smallest.
+    scales = np.linspace(0.01, 30, 3000)
+    assert min(_normface_initial_residual(s, num_classes) for s in scales) > 0
+    smallest = minimize_scalar(
+        _normface_initial_residual, bounds=(0, 30), args=(num_classes,), method="bounded"
+    ).x
     with caplog.at_level(logging.WARNING):
-        value = initial_scale("normface", 8)
-    assert math.isfinite(value)
-    assert "no normface scale solves the initial condition for 8 classes" in caplog.text
+        value = initial_scale("normface", num_classes)
+    assert value == pytest.approx(smallest, abs=2e-3)
+    assert f"no normface scale solves the initial condition for {num_classes} classes" in (
+        caplog.text
+    )
 
 
 def test_scale_residual_matches_hand_values() -> None:
@@ -273,10 +302,13 @@ def test_ema_resumes_with_its_seen_markers() -> None:
     resumed = EMAProxies()
     resumed.setup(_context(loss))
     resumed.load_state_dict(_roundtrip(option.state_dict()))
-    before = loss.proxies[0].clone()
-    resumed.on_batch(torch.randn(1, 3), torch.tensor([0]))
-    # seen before the interruption: averaged, not re-initialised
-    assert F.cosine_similarity(loss.proxies[0], before, dim=0).item() > 0.99
+    before = loss.proxies[0].detach().numpy().astype(np.float64)
+    embedding = torch.randn(1, 3)
+    resumed.on_batch(embedding, torch.tensor([0]))
+    # seen before the interruption: averaged (alpha = 0.01), not re-initialised
+    z = _normalize_rows(embedding[0].numpy().astype(np.float64))
+    expected = _normalize_rows(0.01 * z + 0.99 * before)
+    np.testing.assert_allclose(loss.proxies[0].numpy(), expected, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- MDS
@@ -310,12 +342,20 @@ def test_mds_is_a_function_of_the_seed() -> None:
 
 
 def test_mds_gradient_stays_finite_for_coinciding_vectors() -> None:
-    # two equal rows put a zero chord distance off the diagonal, where sqrt' is infinite
+    # In one dimension the unit vectors are +-1, so two of the three rows coincide: a zero
+    # chord distance off the diagonal, where sqrt' is infinite. Five small Adam steps flip
+    # no sign, so the rows and the stress must stay exactly where they started.
     generator = torch.Generator().manual_seed(0)
     tree_dist = np.array([[0, 2, 4], [2, 0, 4], [4, 4, 0]])
     vectors, stresses = fit_mds(tree_dist, 1, 1.0, 5, 1e-3, generator)
-    assert all(math.isfinite(s) for s in stresses)
-    assert torch.isfinite(vectors).all()
+    signs = vectors.numpy()[:, 0]
+    np.testing.assert_array_equal(np.abs(signs), 1.0)
+    targets = math.sqrt(2) * tree_dist / (1.0 + tree_dist)  # T(D) = sqrt(2) D / (beta + D)
+    # off the diagonal the squared chord is clamped to at least 1e-12 before the square
+    # root (what keeps the gradient finite), so coinciding rows sit 1e-6 apart
+    chords = np.maximum(np.abs(signs[:, None] - signs[None, :]), 1e-6) * (1 - np.eye(3))
+    expected = np.linalg.norm(targets - chords) / np.linalg.norm(targets)
+    np.testing.assert_allclose(stresses, [expected] * 6, rtol=1e-12)
 
 
 def test_mds_option_fixes_the_proxies() -> None:
@@ -402,47 +442,215 @@ def test_check_option_set_accepts_the_papers_grid(spec: dict, loss_name: str) ->
     check_option_set(spec, loss_name)
 
 
-_GRID = [
-    (loss, spec)
-    for loss in ("normface", "proxydr")
-    for spec in (
-        {},
-        {"ema": {}},
-        {"dynamic_scale": {}},
-        {"ema": {}, "dynamic_scale": {}},
-        {"mds": {"steps": 20}},
-        {"mds": {"steps": 20}, "dynamic_scale": {}},
+# ---------------------------------------------------------------- inside the engine
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny generated shapes dataset: 8 classes in a 2 x 2 x 2 tree, 32 training images."""
+    root = tmp_path_factory.mktemp("data")
+    shapes = TINY_PARAMS["datasets"]["shapes"]
+    prepare_dataset("shapes", root / "shapes", shapes["prepare"])
+    split = SplitConfig(**shapes["split"])
+    make_split(root / "shapes", split.name, split.scheme, split.fractions, split.seed)
+    return root
+
+
+EPOCHS = 2
+
+
+def _train(tiny_params: dict, data_root: Path, tmp_path: Path, model: str, option: str):
+    """One run of the real engine; returns its config, trained model and per-epoch log."""
+    tiny_params["train"]["epochs"] = EPOCHS
+    tiny_params["options"].update(
+        ema_dynamic={"ema": {"alpha": 0.01}, "dynamic_scale": {}},
+        mds_dynamic={"mds": {"steps": 50}, "dynamic_scale": {}},
     )
-] + [("softmax", {}), ("corr", {"mds": {"steps": 20}})]
+    params = validated(tiny_params)
+    config = resolve_run_config(params, "shapes", model, option, 1, data_root=str(data_root))
+    train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    return config, load_model(tmp_path / "model.pt"), pd.read_parquet(tmp_path / "log.parquet")
 
 
-@pytest.mark.parametrize(("loss_name", "spec"), _GRID)
-def test_every_run_of_the_papers_grid_trains_like_the_engine(loss_name: str, spec: dict) -> None:
-    """The engine's recipe (section 4.5 grid) on a toy problem: finite, checkpointable."""
-    check_option_set(spec, loss_name)
-    torch.manual_seed(9)
-    net = torch.nn.Linear(6, 16)
-    loss = build_loss(loss_name, num_classes=8, embedding_dim=16)
-    options = build_options(spec, loss_name)
-    for option in options:
-        option.setup(_context(loss, tree_dist=_tree_distances(), lr=1e-2))
-    params = [p for p in [*net.parameters(), *loss.parameters()] if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-2)
-    for _ in range(5):
-        embeddings = net(torch.randn(16, 6))
-        if loss.normalized_embeddings:
-            embeddings = F.normalize(embeddings, dim=1)
-        labels = torch.randint(0, 8, (16,))
-        value = loss(embeddings, labels)
-        assert torch.isfinite(value)
-        optimizer.zero_grad()
-        value.backward()
-        optimizer.step()
-        for option in options:
-            option.on_batch(embeddings.detach(), labels)
-    for option in options:
-        option.load_state_dict(_roundtrip(option.state_dict()))
-        assert all(math.isfinite(v) for v in option.log_values().values())
+@dataclass
+class _Step:
+    """One training batch as an option saw it, with the loss's state of the forward pass."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    proxies: np.ndarray
+    scale: float
+    log_s: float | None  # DynamicScale's log s, and its residual for this batch
+    residual: float | None
+
+
+class _OptionSpy:
+    """Records what the engine hands every instance of an option class: the loss at setup,
+    and each batch with the proxies and scale the forward pass used (read before the
+    option's own update)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: type) -> None:
+        self.steps: list[_Step] = []
+        real_setup, real_on_batch = cls.setup, cls.on_batch
+
+        def setup(option, context: OptionContext) -> None:
+            real_setup(option, context)
+            self.loss = context.loss
+            self.initial_proxies = self._proxies()
+            self.initial_scale = float(context.loss.scale)
+
+        def on_batch(option, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+            log_s = residual = None
+            if isinstance(option, DynamicScale):
+                log_s = option.log_s.item()
+                residual = option.batch_residual(embeddings, labels).item()
+            step = _Step(
+                embeddings.double().numpy().copy(),
+                labels.numpy().copy(),
+                self._proxies(),
+                float(self.loss.scale),
+                log_s,
+                residual,
+            )
+            self.steps.append(step)
+            real_on_batch(option, embeddings, labels)
+
+        monkeypatch.setattr(cls, "setup", setup)
+        monkeypatch.setattr(cls, "on_batch", on_batch)
+
+    def _proxies(self) -> np.ndarray:
+        return self.loss.proxies.detach().double().numpy().copy()
+
+    def epoch_ends(self) -> list[int]:
+        """Index of the last step of every epoch."""
+        per_epoch, rest = divmod(len(self.steps), EPOCHS)
+        assert per_epoch > 0 and rest == 0
+        return [per_epoch * (epoch + 1) - 1 for epoch in range(EPOCHS)]
+
+
+# ProxyDR with MDS alone is the second case without the dynamic scale.
+@pytest.mark.parametrize(("model", "option"), [("corr", "mds"), ("proxydr", "mds_dynamic")])
+def test_engine_keeps_the_proxies_at_the_mds_solution(
+    tiny_params, data_root, tmp_path, monkeypatch, model: str, option: str
+) -> None:
+    seen = []  # the proxies at the end of every epoch, as checkpointed
+    save = engine._save_checkpoint
+
+    def save_and_record(path, config, net, objective, *rest) -> None:
+        seen.append(objective.loss.proxies.detach().clone())
+        save(path, config, net, objective, *rest)
+
+    monkeypatch.setattr(engine, "_save_checkpoint", save_and_record)
+    config, trained, _ = _train(tiny_params, data_root, tmp_path, model, option)
+    assert trained.class_ids == list(range(8))
+    tree_dist = read_classes(config.data_dir).distance_matrix()
+    generator = torch.Generator().manual_seed(config.seed)
+    expected, _ = fit_mds(tree_dist, config.backbone.embedding_dim, 1.0, 50, 1e-3, generator)
+    assert len(seen) == EPOCHS
+    for proxies in [*seen, trained.objective.loss.proxies.detach()]:
+        torch.testing.assert_close(proxies, expected.float(), rtol=0, atol=0)
+
+
+def _ema_states(start: np.ndarray, steps: list[_Step], alpha: float) -> list[np.ndarray]:
+    """Proxies after every step by the EMA rule of the ProxyDR code (train_cifar100.py,
+    update_proxy): w_c = m_c the first time class c is in a batch, then
+    w_c <- normalize(alpha m_c + (1 - alpha) w_c), with m_c the normalised mean of the
+    batch's normalised class-c embeddings."""
+    proxies, seen, states = start.copy(), set(), []
+    for step in steps:
+        z = _normalize_rows(step.embeddings)
+        for c in np.unique(step.labels):
+            mean = _normalize_rows(z[step.labels == c].mean(axis=0))
+            moved = alpha * mean + (1 - alpha) * proxies[c]
+            proxies[c] = _normalize_rows(moved) if c in seen else mean
+            seen.add(c)
+        states.append(proxies.copy())
+    return states
+
+
+@pytest.mark.parametrize(("model", "option"), [("proxydr", "ema"), ("normface", "ema_dynamic")])
+def test_engine_moves_the_proxies_only_by_the_ema_rule(
+    tiny_params, data_root, tmp_path, monkeypatch, model: str, option: str
+) -> None:
+    spy = _OptionSpy(monkeypatch, EMAProxies)
+    _, trained, _ = _train(tiny_params, data_root, tmp_path, model, option)
+    states = _ema_states(spy.initial_proxies, spy.steps, alpha=0.01)
+    # Before each batch the proxies are where the EMA rule left them: the optimiser, which
+    # takes its step between two batches, never touches them.
+    for step, state in zip(spy.steps, [spy.initial_proxies, *states[:-1]], strict=True):
+        np.testing.assert_allclose(step.proxies, state, rtol=1e-5, atol=1e-6)
+    best = spy.epoch_ends()[trained.epoch - 1]
+    saved = trained.objective.loss.proxies.detach().double().numpy()
+    np.testing.assert_allclose(saved, states[best], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(states[best], spy.initial_proxies, atol=1e-3)
+
+
+def _scale_condition(kind: str, s: float, step: _Step) -> tuple[float, float]:
+    """The dynamic-scale residual r of one batch and dr/dlog s, B_avg and theta_med held
+    constant (ProxyDR code, train_cifar100.py, `--dynamic`)."""
+    n = len(step.labels)
+    rows = np.arange(n)
+    cos = _normalize_rows(step.embeddings) @ _normalize_rows(step.proxies).T
+    angles = np.arccos(0.999999 * np.clip(cos[rows, step.labels], -1, 1))
+    theta = min(math.pi / 4, np.sort(angles)[(n - 1) // 2])  # the lower median
+    non_target = np.ones_like(cos, dtype=bool)
+    non_target[rows, step.labels] = False
+    if kind == "proxydr":
+        # the public code raises d^2 to -sqrt(s): the numerators at scale 2 sqrt(s)
+        numerators = np.clip(2 - 2 * cos, 1e-12, None) ** -math.sqrt(s)
+        b_avg = numerators[non_target].sum() / n
+        d2 = 2 - 2 * math.cos(theta) + 1e-12
+        d_s = d2 ** (s / 2)
+        slope = s * (b_avg * (d_s + (s + 1) * d_s * math.log(d2) / 2) - 1)
+        return b_avg * (s + 1) * d_s + 1 - s, slope
+    b_avg = np.exp(s * cos)[non_target].sum() / n
+    c, sin2 = math.cos(theta), math.sin(theta) ** 2
+    target = math.exp(s * c)
+    residual = target * (c + s * sin2) + b_avg * (c - s * sin2)
+    return residual, s * (target * (c * (c + s * sin2) + sin2) - b_avg * sin2)
+
+
+def _proxydr_initial_residual(s: float, num_classes: int) -> float:
+    """The ProxyDR condition at a target angle of pi/4, C - 1 orthogonal non-targets."""
+    return (num_classes - 1) * 2 ** (-s / 2) * (s + 1) * (2 - math.sqrt(2)) ** (s / 2) - s + 1
+
+
+@pytest.mark.parametrize("model", ["proxydr", "normface"])
+def test_engine_steps_the_scale_by_adam_on_the_squared_residual(
+    tiny_params, data_root, tmp_path, monkeypatch, model: str
+) -> None:
+    spy = _OptionSpy(monkeypatch, DynamicScale)
+    config, trained, log = _train(tiny_params, data_root, tmp_path, model, "dynamic")
+    if model == "proxydr":
+        s0 = brentq(_proxydr_initial_residual, 1.0, 30.0, args=(8,))
+        assert spy.initial_scale == pytest.approx(s0, rel=1e-6)
+
+    # Adam (torch's defaults) on log s with the training lr, one step per batch on r^2
+    lr, beta1, beta2, eps = config.train.lr, 0.9, 0.999, 1e-8
+    log_s, m, v, scales = spy.steps[0].log_s, 0.0, 0.0, []
+    assert math.exp(log_s) == pytest.approx(spy.initial_scale, rel=1e-6)
+    for t, step in enumerate(spy.steps, start=1):
+        # log s is float32 in the option: a step's rounding is ~1e-7, far below lr
+        assert step.log_s == pytest.approx(log_s, abs=1e-6)
+        # the forward pass used the current scale, and the residual is the formula's (up to
+        # the cosines, which the option takes in float32 from the loss)
+        assert step.scale == pytest.approx(math.exp(step.log_s), rel=1e-6)
+        assert step.residual == pytest.approx(
+            _scale_condition(model, math.exp(step.log_s), step)[0], rel=1e-6
+        )
+        residual, slope = _scale_condition(model, math.exp(log_s), step)
+        gradient = 2 * residual * slope
+        m = beta1 * m + (1 - beta1) * gradient
+        v = beta2 * v + (1 - beta2) * gradient**2
+        log_s -= lr * (m / (1 - beta1**t)) / (math.sqrt(v / (1 - beta2**t)) + eps)
+        scales.append(math.exp(log_s))
+
+    ends = spy.epoch_ends()
+    # float32 log s against the float64 chain: up to ~1e-6 apart after the last step
+    assert log["scale"].tolist() == pytest.approx([scales[i] for i in ends], rel=1e-5)
+    saved = trained.objective.loss.scale.item()
+    assert saved == pytest.approx(scales[ends[trained.epoch - 1]], rel=1e-5)
+    assert abs(scales[-1] / spy.initial_scale - 1) > 1e-3  # the scale did move
 
 
 @pytest.mark.parametrize(

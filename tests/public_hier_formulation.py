@@ -1,4 +1,8 @@
-"""The released HIER loss's formulation, re-written from hier.md 3.3 and 6.2-6.7 as a baseline.
+"""The released HIER loss's formulation, re-written as a baseline and a reference for tests.
+
+Source: github.com/tjddus9597/HIER-CVPR23, hier/losses.py (HIERLoss.forward,
+HIERLoss.get_reciprocal_triplets, HIERLoss.compute_gHHC) and hier/hyptorch/pmath.py
+(_mobius_addition_batch, _dist_matrix).
 
 Written from the formulas, not optimised: the full (B + M)^2 x D tensor of Möbius additions
 for the distance matrix, triplet mining in a Python loop over anchors with NumPy sampling,
@@ -13,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# the denominator's guard in the batched Möbius addition, and the artanh input clamp (3.3)
+# the denominator's guard in the batched Möbius addition, and the artanh input clamp (pmath.py,
+# _mobius_addition_batch and Artanh.forward)
 MOBIUS_EPS = 1e-5
 ARTANH_EPS = 1e-5
 
 
 def mobius_addition_batch(x: Tensor, y: Tensor, c: float) -> Tensor:
-    """x_i (+)_c y_j for every pair (N, M, D), with the + 1e-5 in the denominator (hier.md 3.3)."""
+    """x_i (+)_c y_j for every pair (N, M, D), with the + 1e-5 in the denominator (pmath.py,
+    _mobius_addition_batch)."""
     xy = x @ y.T
     x2 = x.pow(2).sum(dim=1, keepdim=True)
     y2 = y.pow(2).sum(dim=1, keepdim=True).T
@@ -33,15 +39,18 @@ def distance_matrix(x: Tensor, y: Tensor, c: float) -> Tensor:
     """d_c(x_i, y_j) = 2/sqrt(c) artanh(sqrt(c) ||(-x_i) (+)_c y_j||) for every pair (N, M)."""
     norm = mobius_addition_batch(-x, y, c).norm(dim=-1)
     # The public Artanh passes the gradient through its clamp; torch's clamp zeroes it there.
-    # The two agree here: embeddings stop at 62% of the radius (hier.md 3.4), far inside it.
+    # The two agree here: clipped to tangent norm 2.3, embeddings stop at
+    # tanh(sqrt(0.1) * 2.3) = 62% of the radius, far inside it.
     argument = (c**0.5 * norm).clamp(-1 + ARTANH_EPS, 1 - ARTANH_EPS)
     return 2 / c**0.5 * torch.atanh(argument)
 
 
 def mine_triplets(similarities: Tensor, topk: int, per_anchor: int) -> Tensor:
-    """Triplets (T, 3) from reciprocal top-k neighbours, drawn by NumPy (hier.md 6.3, 6.4).
+    """Triplets (T, 3) from reciprocal top-k neighbours, drawn by NumPy
+    (HIERLoss.get_reciprocal_triplets).
 
-    Raises when no anchor has two mutual neighbours, as the public code does (hier.md H8).
+    Raises when no anchor has two mutual neighbours, as the public code does (its
+    np.concatenate of an empty list).
     """
     nearest = similarities.topk(topk, dim=1).indices
     knn = torch.zeros_like(similarities).scatter_(1, nearest, 1.0)
@@ -52,7 +61,7 @@ def mine_triplets(similarities: Tensor, topk: int, per_anchor: int) -> Tensor:
         positives = np.flatnonzero(row == 1)
         if len(positives) < 2:
             continue
-        negatives = np.flatnonzero(row < 1)  # the anchor itself included (hier.md H6)
+        negatives = np.flatnonzero(row < 1)  # the anchor itself included, as in the public code
         triplets.append(
             np.stack(
                 [
@@ -67,14 +76,15 @@ def mine_triplets(similarities: Tensor, topk: int, per_anchor: int) -> Tensor:
 
 
 def node_distances(z: Tensor, rho: Tensor, c: float) -> Tensor:
-    """The full distance matrix ((B + M) x (B + M)) of the node set [z; rho] (hier.md 6.2)."""
+    """The full distance matrix ((B + M) x (B + M)) of the node set [z; rho] (HIERLoss.forward)."""
     nodes = torch.cat([z, rho])
     return distance_matrix(nodes, nodes, c)
 
 
 def mine(distances: Tensor, labels: Tensor, topk: int, per_anchor: int) -> tuple[Tensor, Tensor]:
     """Sample triplets (rows of D_sp) and proxy triplets (rows of D_pp) from the node
-    distances, samples first; similarities exp(-d), + 1 for same-label samples (6.3, 6.4)."""
+    distances, samples first; similarities exp(-d), + 1 for same-label samples
+    (HIERLoss.forward)."""
     batch = len(labels)
     with torch.no_grad():
         sample_similarities = torch.exp(-distances[:batch, :batch])
@@ -88,7 +98,8 @@ def mine(distances: Tensor, labels: Tensor, topk: int, per_anchor: int) -> tuple
 
 def lca_scores(distances: Tensor, triplets: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
     """The members' rows of `distances` (three (T, M)) and each triplet's pair and triple
-    scores per candidate LCA: the largest distance to the pair, and to all three (6.5)."""
+    scores per candidate LCA: the largest distance to the pair, and to all three
+    (HIERLoss.compute_gHHC)."""
     rows = [distances[triplets[:, column]] for column in range(3)]
     pair_max = torch.maximum(rows[0], rows[1])
     return rows, pair_max, torch.maximum(pair_max, rows[2])
@@ -97,7 +108,8 @@ def lca_scores(distances: Tensor, triplets: Tensor) -> tuple[list[Tensor], Tenso
 def triplet_part(
     distances: Tensor, triplets: Tensor, margin: float, tau: float, stochastic: bool
 ) -> Tensor:
-    """Mean over all triplets of the three LCA hinges, 0 where both LCAs coincide (6.5, 6.6).
+    """Mean over all triplets of the three LCA hinges, 0 where both LCAs coincide
+    (HIERLoss.compute_gHHC).
 
     `distances[x, p]` is node x's distance to proxy p. The LCA assignment h is a hard
     Gumbel-softmax sample over -max distance / tau, or with `stochastic=False` the one-hot
@@ -133,7 +145,7 @@ def hier_loss_parts(
     triplets: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sample part and proxy part for ball embeddings z (B, D) and ball proxies rho (M, D);
-    HIER is their sum (hier.md 6.7). Mines, and samples the LCAs by Gumbel-softmax; with
+    HIER is their sum (HIERLoss.forward). Mines, and samples the LCAs by Gumbel-softmax; with
     `triplets` (sample triplets, proxy triplets) given, uses those and the argmin LCAs."""
     distances = node_distances(z, rho, c)
     stochastic = triplets is None
