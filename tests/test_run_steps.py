@@ -69,6 +69,8 @@ def test_training_is_deterministic_and_resumes_bitwise(
     train_run(config, tmp_path / "b/model.pt", tmp_path / "b/log.parquet", tmp_path / "b/ckpt")
     first = torch.load(tmp_path / "a/model.pt", weights_only=True)
     assert _state_equal(first["net"], torch.load(tmp_path / "b/model.pt", weights_only=True)["net"])
+    # the files too, byte for byte (DVC hashes them)
+    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
 
     # interrupt the third run after its second epoch's checkpoint, then rerun it
     real_save = engine._save_checkpoint

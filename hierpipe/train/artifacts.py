@@ -24,8 +24,11 @@ MODEL_FORMAT = "hierpipe.model/2"
 
 
 def save_torch_atomic(obj: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # torch.save names the records of its zip archive after the file it is given, here a
+    # random temporary name; written through an open file they are named "archive", so the
+    # same contents give the same bytes (and DVC the same hash) on every run.
+    with atomic_path(path) as tmp, Path(tmp).open("wb") as handle:
+        torch.save(obj, handle)
 
 
 def load_torch(path: str | Path, what: str) -> dict[str, Any]:
