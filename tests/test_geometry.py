@@ -420,3 +420,15 @@ def test_hyperbolic_maths_runs_in_float32_for_half_inputs():
     z = to_poincare(x, 0.1, 2.3)
     assert z.dtype == torch.float32
     assert poincare_cdist(z.half(), z.half(), 0.1).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_euclidean_distances_are_exact_on_the_diagonal_and_symmetric(dtype):
+    # more than 25 rows: where torch.cdist would switch to its matrix-product form
+    w = torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    d = pairwise_distances(w, w, "euclidean")
+    assert torch.equal(d.diagonal(), torch.zeros(64, dtype=dtype))
+    assert torch.equal(d, d.T)
+    brute = (w.double()[:, None, :] - w.double()[None, :, :]).pow(2).sum(-1).sqrt()
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(d.double(), brute, rtol=tolerance, atol=tolerance)

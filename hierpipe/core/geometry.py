@@ -230,4 +230,6 @@ def pairwise_distances(
     if metric == "chord":
         return torch.sqrt(pairwise_distances(x, y, "squared_chord"))
     _check_pair(x, y)
-    return torch.cdist(x, y)
+    # cdist's default computes ||x||^2 + ||y||^2 - 2 x.y for more than 25 rows, which leaves
+    # self-distances of ~1e-3 in float32 and an asymmetric matrix whose ties break at random.
+    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
