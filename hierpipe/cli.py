@@ -125,6 +125,8 @@ def _ui(args: argparse.Namespace) -> None:
     from hierpipe.runtime.tracking import run_ui
 
     status = run_ui(Path.cwd(), args.host, args.port)
+    if status < 0:  # stopped by a signal, as a server is: exit as the shell reports it
+        raise SystemExit(128 - status)
     if status:
         raise HierpipeError(f"mlflow ui exited with status {status}")
 

@@ -1,5 +1,6 @@
 """MLflow tracking: the workflow's parent run, the jobs' child runs, concurrency, the UI."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -227,6 +228,73 @@ def test_ui_serves_the_store(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     assert "tiny" in {experiment["name"] for experiment in answer["experiments"]}
+
+
+def _process_groups() -> dict[int, int]:
+    """Every live process of this machine: pid -> process group (zombies left out)."""
+    groups = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z":
+            groups[int(stat.parent.name)] = int(fields[2])
+    return groups
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_ui_stopped_by_sigterm_stops_mlflow_and_its_workers(tmp_path):
+    tracking.start_workflow_run(tmp_path, "tiny")
+    env = {k: v for k, v in os.environ.items() if k != tracking.URI_ENV}
+    port = _free_port()
+    hierpipe = Path(sys.executable).parent / "hierpipe"
+    server = subprocess.Popen(
+        [str(hierpipe), "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+    ui_group = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, "hierpipe ui exited"
+                assert time.monotonic() < deadline, "the UI did not answer within 60 s"
+                time.sleep(0.5)
+        (ui_group,) = _children(server.pid)  # mlflow ui, leader of its own group
+        workers = [pid for pid, group in _process_groups().items() if group == ui_group]
+        assert len(workers) >= 2, workers  # mlflow ui and at least one uvicorn worker
+        os.kill(server.pid, signal.SIGTERM)  # hierpipe ui only, as `kill` or a scheduler does
+        assert server.wait(timeout=60) == 0  # mlflow ui shuts down cleanly on the forwarded TERM
+        left = [pid for pid, group in _process_groups().items() if group == ui_group]
+        assert left == [], f"processes of mlflow ui left running: {left}"
+        with socket.socket() as probe:  # and the port is free again
+            probe.bind(("127.0.0.1", port))
+    finally:
+        for group in (server.pid, ui_group):
+            if group is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+        server.wait(timeout=30)
 
 
 def test_snakemake_hooks_create_and_end_the_parent_run(tmp_path, tiny_params):

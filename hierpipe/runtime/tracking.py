@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -353,12 +354,56 @@ def split_params(path: str | Path) -> dict[str, str]:
     }
 
 
+# How long `mlflow ui`'s process group gets to stop on SIGTERM before it is killed.
+UI_STOP_SECONDS = 10.0
+
+
 def run_ui(root: str | Path, host: str, port: int) -> int:
-    """`mlflow ui` on the workflow's store, in the foreground; returns its exit status."""
+    """`mlflow ui` on the workflow's store, in the foreground; returns its exit status
+    (negative: the signal that stopped it).
+
+    `mlflow ui` serves through uvicorn worker processes of its own. It runs in a process
+    group of its own, and SIGTERM, SIGHUP or SIGINT sent to this process (by a scheduler, a
+    service manager, `kill` or Ctrl-C) is passed to that whole group, so that no worker is
+    left behind holding the port; whatever is left of the group when it ends is stopped too.
+    """
     uri = tracking_uri(root)
     _check_store_exists(uri, f"run snakemake first, or set {URI_ENV}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    return subprocess.run([*command, "--host", host, "--port", str(port)], check=False).returncode
+    ui = subprocess.Popen([*command, "--host", host, "--port", str(port)], start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        _signal_group(ui.pid, signum)
+
+    stopping = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {signum: signal.signal(signum, forward) for signum in stopping}
+    try:
+        return ui.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _stop_group(ui.pid)
+
+
+def _signal_group(group: int, signum: int) -> bool:
+    """Send `signum` to process group `group`; False when no process of it is left."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_group(group: int) -> None:
+    """SIGTERM to what is left of process group `group`, SIGKILL after UI_STOP_SECONDS."""
+    if not _signal_group(group, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + UI_STOP_SECONDS
+    while time.monotonic() < deadline:
+        if not _signal_group(group, 0):
+            return
+        time.sleep(0.1)
+    _signal_group(group, signal.SIGKILL)
 
 
 def _param_value(value: Any) -> str:
