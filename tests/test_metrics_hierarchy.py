@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 from scipy.cluster import hierarchy
-from scipy.spatial.distance import squareform
+from scipy.spatial.distance import pdist, squareform
 
 from hierpipe.core.errors import HierpipeError
 from hierpipe.evaluation.metrics import (
@@ -228,11 +228,11 @@ def test_robinson_foulds_small_trees():
     assert math.isnan(got["norm_rf"])
 
 
-def _splits(dist: np.ndarray) -> set[frozenset[int]]:
-    """Non-trivial unrooted splits of the UPGMA tree, each as the side without leaf 0."""
+def _splits(dist: np.ndarray, method: str) -> set[frozenset[int]]:
+    """Non-trivial unrooted splits of scipy's `method` tree, each as the side without leaf 0."""
     n = len(dist)
     clusters = [frozenset([i]) for i in range(n)]
-    for a, b, *_ in hierarchy.linkage(squareform(dist, checks=False), method="average"):
+    for a, b, *_ in hierarchy.linkage(squareform(dist, checks=False), method=method):
         clusters.append(clusters[int(a)] | clusters[int(b)])
     everyone = frozenset(range(n))
     sides = {c if 0 not in c else everyone - c for c in clusters}
@@ -243,10 +243,23 @@ def _splits(dist: np.ndarray) -> set[frozenset[int]]:
 @given(n=st.integers(4, 12), seed_a=st.integers(0, 10**6), seed_b=st.integers(0, 10**6))
 def test_robinson_foulds_properties(n, seed_a, seed_b):
     a, b = _random_rep_dist(n, seed_a), _random_rep_dist(n, seed_b)
-    forward, backward = robinson_foulds(a, b), robinson_foulds(b, a)
-    assert forward == backward
-    assert 0 <= forward["rf"] <= forward["max_rf"] == 2 * (n - 3)
-    assert forward["rf"] == len(_splits(a) ^ _splits(b))
+    # WPGMA is scipy's "weighted" linkage, UPGMA its "average"
+    for linkage_name, method in (("wpgma", "weighted"), ("upgma", "average")):
+        forward, backward = robinson_foulds(a, b, linkage_name), robinson_foulds(b, a, linkage_name)
+        assert forward == backward
+        assert 0 <= forward["rf"] <= forward["max_rf"] == 2 * (n - 3)
+        assert forward["rf"] == len(_splits(a, method) ^ _splits(b, method))
+
+
+def test_wpgma_and_upgma_differ_as_the_public_code_and_hierpipe_did():
+    # Six points; the true tree is the UPGMA tree of their distances (its cophenetic
+    # distances). ProxyDR's code (Biopython's unweighted "upgma", i.e. WPGMA) gives RF 2 of 6
+    # on these distances, true UPGMA 0.
+    points = np.array([[8, 10], [10, 6], [18, 7], [13, 7], [8, 19], [3, 12]], dtype=float)
+    rep = squareform(pdist(points))
+    true = squareform(hierarchy.cophenet(hierarchy.linkage(pdist(points), method="average")))
+    assert robinson_foulds(rep, true, "wpgma") == {"rf": 2, "max_rf": 6, "norm_rf": 2 / 6}
+    assert robinson_foulds(rep, true, "upgma") == {"rf": 0, "max_rf": 6, "norm_rf": 0.0}
 
 
 # --- AHC, mistake severity, AHD@k, HP@k -------------------------------------------------------

@@ -137,6 +137,9 @@ class EvaluateConfig:
     distance: str = "auto"
     hs_ks: tuple[int, ...] = (1, 50, 100, 150, 200, 250)
     ahs_k_max: int = 250
+    # ProxyDR's code by default (docs/methods/classification_measures.md, hierarchy_measures.md)
+    calibration_bins: str = "public_code"
+    tree_linkage: str = "wpgma"
 
 
 @dataclass(frozen=True)

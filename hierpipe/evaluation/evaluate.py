@@ -71,7 +71,7 @@ def evaluate_run(
     tree_dist = tree.distance_matrix()
 
     metrics: dict[str, float] = {}
-    metrics.update(_classification(embeddings, subset, representatives, tree, tree_dist))
+    metrics.update(_classification(config, embeddings, subset, representatives, tree, tree_dist))
     metrics.update(_retrieval(config, embeddings, subset, tree_dist))
     for kind, group in representatives.groupby("kind", sort=True):
         if kind == "hier_proxy":  # not one per class: judged by the tree they induce, below
@@ -79,7 +79,9 @@ def evaluate_run(
         vectors = np.stack(group["vector"].to_numpy())
         metric = representative_metric(config, kind)
         metrics.update(
-            _hierarchy(kind, group["class_id"].to_numpy(), vectors, tree, tree_dist, *metric)
+            _hierarchy(
+                config, kind, group["class_id"].to_numpy(), vectors, tree, tree_dist, *metric
+            )
         )
     metrics.update(_hierarchical_proxies(config, representatives, tree))
     # chance level of every hierarchy measure: random unit vectors, one per class
@@ -89,7 +91,14 @@ def evaluate_run(
     )
     metrics.update(
         _hierarchy(
-            "random_vectors", np.arange(tree.num_classes), chance, tree, tree_dist, "chord", None
+            config,
+            "random_vectors",
+            np.arange(tree.num_classes),
+            chance,
+            tree,
+            tree_dist,
+            "chord",
+            None,
         )
     )
     document = {
@@ -119,6 +128,7 @@ def evaluate_run(
 
 
 def _classification(
+    config: RunConfig,
     embeddings: Embeddings,
     subset: np.ndarray,
     representatives: pd.DataFrame,
@@ -164,7 +174,8 @@ def _classification(
             )
         if name == "logits":  # prototype similarities have no probabilistic scale
             probabilities = torch.softmax(torch.from_numpy(scores), dim=1).numpy()
-            values.update(calibration_errors(probabilities, target))
+            bins = config.evaluate.calibration_bins
+            values.update(calibration_errors(probabilities, target, bins=bins))
         metrics.update(_prefixed(f"classification/{name}", values))
     return metrics
 
@@ -225,6 +236,7 @@ def representative_metric(config: RunConfig, kind: str) -> tuple[str, float | No
 
 
 def _hierarchy(
+    config: RunConfig,
     kind: str,
     class_ids: np.ndarray,
     vectors: np.ndarray,
@@ -244,7 +256,7 @@ def _hierarchy(
     rho, p = classwise_spearman(rep_dist, sub_tree, include_self=True)
     rho_noself, p_noself = classwise_spearman(rep_dist, sub_tree, include_self=False)
     rho_elem, p_elem = elementwise_spearman(rep_dist, sub_tree)
-    rf = robinson_foulds(rep_dist, sub_tree)
+    rf = robinson_foulds(rep_dist, sub_tree, config.evaluate.tree_linkage)
     values = {
         "classwise_spearman": rho,
         "classwise_spearman_p": p,

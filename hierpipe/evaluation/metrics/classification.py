@@ -48,16 +48,22 @@ def topk_accuracy(
     return {f"top{k}": hit[:, : min(k, depth)].any(dim=1).double().mean().item() for k in ks}
 
 
+# How confidences fall into bins: `public_code`, ProxyDR's code, [b/n, (b+1)/n), so that a
+# confidence of exactly 1 is in no bin but still counts in N; `upper_closed`, the common
+# _ECELoss code, (b/n, (b+1)/n] (a confidence of exactly 0 joins the first bin).
+CALIBRATION_BINS = ("public_code", "upper_closed")
+
+
 def calibration_errors(
-    probabilities: np.ndarray, target: np.ndarray, n_bins: int = 15
+    probabilities: np.ndarray, target: np.ndarray, n_bins: int = 15, bins: str = "public_code"
 ) -> dict[str, float]:
     """Expected and maximum calibration error, ``ece`` and ``mce``.
 
     Confidence is the maximum probability of each row and the prediction its arg-max.
-    Confidences fall into ``n_bins`` equal-width bins ``(b/n, (b+1)/n]`` (a confidence of
-    exactly 0 joins the first bin), the convention of the common ``_ECELoss`` code.
-    ECE = sum_b |B_b|/N |acc_b - conf_b|; MCE = the largest |acc_b - conf_b| over non-empty
-    bins. ``probabilities`` is (N, C) with values in [0, 1]; rows need not sum to 1.
+    Confidences fall into ``n_bins`` equal-width bins, their edges as ``bins`` says
+    (CALIBRATION_BINS). ECE = sum_b |B_b|/N |acc_b - conf_b| over all N rows; MCE = the
+    largest |acc_b - conf_b| over non-empty bins. ``probabilities`` is (N, C) with values in
+    [0, 1]; rows need not sum to 1.
     """
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
@@ -68,18 +74,29 @@ def calibration_errors(
     if len(t) != len(p):
         raise HierpipeError(f"target: expected {len(p)} labels, one per row, got {len(t)}")
     n_bins = check_int("n_bins", n_bins, 1)
+    if bins not in CALIBRATION_BINS:
+        raise HierpipeError(f"bins: expected one of {', '.join(CALIBRATION_BINS)}, got {bins!r}")
 
     confidence = p.max(axis=1)
     correct = p.argmax(axis=1) == t
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # side="left" puts a confidence equal to an upper edge into that edge's bin.
-    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
-    size = np.bincount(bins, minlength=n_bins)
+    if bins == "upper_closed":
+        # side="left" puts a confidence equal to an upper edge into that edge's bin
+        index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+        binned = np.ones(len(p), dtype=bool)
+    else:
+        # side="right" puts it into the next bin: past the last one for a confidence of 1
+        index = np.searchsorted(edges, confidence, side="right") - 1
+        binned = index < n_bins
+    index, confidence, correct = index[binned], confidence[binned], correct[binned]
+    size = np.bincount(index, minlength=n_bins)
     used = size > 0
+    if not used.any():
+        return {"ece": 0.0, "mce": float("nan")}
     gap = (
         np.abs(
-            np.bincount(bins, weights=correct, minlength=n_bins)[used]
-            - np.bincount(bins, weights=confidence, minlength=n_bins)[used]
+            np.bincount(index, weights=correct, minlength=n_bins)[used]
+            - np.bincount(index, weights=confidence, minlength=n_bins)[used]
         )
         / size[used]
     )

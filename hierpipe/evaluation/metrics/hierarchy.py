@@ -122,11 +122,27 @@ def elementwise_spearman(rep_dist: np.ndarray, tree_dist: np.ndarray) -> tuple[f
     return _spearman(rep[upper], tree[upper])
 
 
-def _upgma_newick(dist: np.ndarray) -> str:
-    """Newick topology (leaves ``t0``, ``t1``, ...) of the UPGMA tree of ``dist``."""
+# How a tree is built from distances, as scipy's linkage methods: `wpgma` (weighted: a merged
+# cluster's distance is the plain mean of its two parts' distances), what ProxyDR's code gets
+# from Biopython's DistanceTreeConstructor.upgma, which does not weight by cluster size; and
+# true `upgma` (average: weighted by size).
+TREE_LINKAGES = {"wpgma": "weighted", "upgma": "average"}
+
+
+def tree_merges(dist: np.ndarray, linkage_name: str) -> np.ndarray:
+    """scipy's merge list of the tree that ``linkage_name`` (TREE_LINKAGES) builds on the
+    (C, C) ``dist``; only the upper triangle is read."""
+    if linkage_name not in TREE_LINKAGES:
+        raise HierpipeError(
+            f"linkage: expected one of {', '.join(TREE_LINKAGES)}, got {linkage_name!r}"
+        )
+    return linkage(squareform(dist, checks=False), method=TREE_LINKAGES[linkage_name])
+
+
+def _tree_newick(dist: np.ndarray, linkage_name: str) -> str:
+    """Newick topology (leaves ``t0``, ``t1``, ...) of the ``linkage_name`` tree of ``dist``."""
     n = len(dist)
-    # Average linkage on the condensed matrix is UPGMA; only the upper triangle is read.
-    merges = linkage(squareform(dist, checks=False), method="average")
+    merges = tree_merges(dist, linkage_name)
     # Built bottom-up from the merge list, so a deep (chain-like) tree needs no recursion.
     nodes = [f"t{i}" for i in range(n)]
     for a, b, *_ in merges:
@@ -134,8 +150,11 @@ def _upgma_newick(dist: np.ndarray) -> str:
     return nodes[-1] + ";"
 
 
-def robinson_foulds(rep_dist: np.ndarray, tree_dist: np.ndarray) -> dict[str, int | float]:
-    """Robinson-Foulds distance between the UPGMA trees of ``rep_dist`` and ``tree_dist``.
+def robinson_foulds(
+    rep_dist: np.ndarray, tree_dist: np.ndarray, linkage_name: str = "wpgma"
+) -> dict[str, int | float]:
+    """Robinson-Foulds distance between the trees that ``linkage_name`` (TREE_LINKAGES, by
+    default the ProxyDR code's WPGMA) builds on ``rep_dist`` and on ``tree_dist``.
 
     Returns ``rf`` (int, the symmetric difference of the non-trivial bipartitions of the two
     trees compared as unrooted, as the code's ete3 ``compare(unrooted=True)``), ``max_rf`` =
@@ -143,7 +162,7 @@ def robinson_foulds(rep_dist: np.ndarray, tree_dist: np.ndarray) -> dict[str, in
     ``norm_rf`` = rf / max_rf. A dict rather than a single int because the ProxyDR code reports
     all three. With C < 4 every unrooted binary tree is the same: rf = max_rf = 0, norm_rf = NaN.
 
-    UPGMA always builds a binary tree; where distances tie (a multifurcation of the
+    Both linkages always build a binary tree; where distances tie (a multifurcation of the
     hierarchy) the resolution is arbitrary. scipy breaks such ties differently from the
     code's Biopython, so rf against a tree with multifurcations can differ from the code's by
     the number of arbitrarily resolved splits.
@@ -155,7 +174,10 @@ def robinson_foulds(rep_dist: np.ndarray, tree_dist: np.ndarray) -> dict[str, in
     taxa = dendropy.TaxonNamespace()
     rep_tree, hierarchy_tree = (
         dendropy.Tree.get(
-            data=_upgma_newick(m), schema="newick", taxon_namespace=taxa, rooting="force-unrooted"
+            data=_tree_newick(m, linkage_name),
+            schema="newick",
+            taxon_namespace=taxa,
+            rooting="force-unrooted",
         )
         for m in (rep, tree)
     )

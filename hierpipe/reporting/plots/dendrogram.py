@@ -1,9 +1,9 @@
 """The true class tree next to the tree a model's class distances give, as two dendrograms.
 
-Both trees are built by UPGMA (average linkage), the construction behind the
-Robinson-Foulds distance of ``hierpipe.evaluation.metrics.robinson_foulds``, so the right-hand
-tree is the tree that measure scored. UPGMA of the tree distance matrix reproduces the true tree,
-its multifurcations drawn as merges at tied heights.
+Both trees are built by params' `evaluate.tree_linkage` (WPGMA or UPGMA), the construction
+behind the Robinson-Foulds distance of ``hierpipe.evaluation.metrics.robinson_foulds``, so the
+right-hand tree is the tree that measure scored. Either linkage of the tree distance matrix
+reproduces the true tree, its multifurcations drawn as merges at tied heights.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from scipy.cluster.hierarchy import dendrogram, linkage
-from scipy.spatial.distance import squareform
+from scipy.cluster.hierarchy import dendrogram
 
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
+from hierpipe.evaluation.metrics.hierarchy import tree_merges
 from hierpipe.reporting.plots.canvas import (
     add_group_legend,
     class_matrix,
@@ -29,11 +29,13 @@ _INCHES_PER_LABEL = 0.16
 _LINK_COLOUR = "0.25"
 
 
-def _draw_upgma(ax: Axes, distances: np.ndarray, tree: ClassTree, colours: np.ndarray) -> None:
-    """The UPGMA dendrogram of (C, C) ``distances``, leaves coloured by ``colours`` (C, 4)."""
-    # squareform without checks reads the upper triangle only, as robinson_foulds does, so an
-    # almost symmetric float matrix gives the very tree that was scored.
-    merges = linkage(squareform(distances, checks=False), method="average")
+def _draw_tree(
+    ax: Axes, distances: np.ndarray, tree: ClassTree, colours: np.ndarray, linkage_name: str
+) -> None:
+    """The dendrogram that ``linkage_name`` builds on (C, C) ``distances``, leaves coloured
+    by ``colours`` (C, 4)."""
+    # the very merges robinson_foulds scores (the upper triangle of an almost symmetric matrix)
+    merges = tree_merges(distances, linkage_name)
     labelled = tree.num_classes <= MAX_LABELLED_CLASSES
     drawn = dendrogram(
         merges,
@@ -54,13 +56,16 @@ def _draw_upgma(ax: Axes, distances: np.ndarray, tree: ClassTree, colours: np.nd
         strip = ax.inset_axes((1.01, 0.0, 0.03, 1.0))
         strip.imshow(colours[leaves][:, None], origin="lower", aspect="auto")
         strip.set_axis_off()
-    ax.set_xlabel("UPGMA merge height")
+    ax.set_xlabel(f"{linkage_name.upper()} merge height")
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
 
 
-def draw_tree_comparison(distances: np.ndarray, tree: ClassTree, *, title: str) -> Figure:
-    """Dendrograms of the true ``tree`` (left) and of UPGMA on ``distances`` (C, C) (right).
+def draw_tree_comparison(
+    distances: np.ndarray, tree: ClassTree, *, title: str, linkage_name: str = "wpgma"
+) -> Figure:
+    """Dendrograms that ``linkage_name`` (TREE_LINKAGES) builds on the true ``tree``'s
+    distances (left) and on ``distances`` (C, C) (right).
 
     Leaves are the class names coloured by their top-level group, or for more than
     MAX_LABELLED_CLASSES classes a strip of those colours; one legend of the groups (none
@@ -74,10 +79,11 @@ def draw_tree_comparison(distances: np.ndarray, tree: ClassTree, *, title: str) 
     height = max(4.5, _INCHES_PER_LABEL * min(tree.num_classes, MAX_LABELLED_CLASSES) + 2.0)
     figure = new_figure(11.0, height)
     true_ax, learned_ax = figure.subplots(1, 2)
-    _draw_upgma(true_ax, tree.distance_matrix().astype(np.float64), tree, colours)
+    true_distances = tree.distance_matrix().astype(np.float64)
+    _draw_tree(true_ax, true_distances, tree, colours, linkage_name)
     true_ax.set_title("true tree")
-    _draw_upgma(learned_ax, learned, tree, colours)
-    learned_ax.set_title("learned (UPGMA of class distances)")
+    _draw_tree(learned_ax, learned, tree, colours, linkage_name)
+    learned_ax.set_title(f"learned ({linkage_name.upper()} of class distances)")
 
     add_group_legend(figure, tree)
     figure.suptitle(title)

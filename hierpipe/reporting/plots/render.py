@@ -209,10 +209,10 @@ def _tree_comparison(experiment: Experiment, figure: Figure) -> Any:
     }
     scores = ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in values.items())
     class_ids, distances = run.class_distances
+    linkage_name = run.config.evaluate.tree_linkage
+    title = f"{linkage_name.upper()} of {KIND_NAMES[run.class_kind]} vs the true tree: {scores}"
     return draw_tree_comparison(
-        distances,
-        _subtree(tree, class_ids),
-        title=_title(figure, f"UPGMA of {KIND_NAMES[run.class_kind]} vs the true tree: {scores}"),
+        distances, _subtree(tree, class_ids), title=_title(figure, title), linkage_name=linkage_name
     )
 
 
