@@ -119,6 +119,24 @@ def _figures(args: argparse.Namespace) -> None:
     )
 
 
+def _measure(args: argparse.Namespace) -> None:
+    from hierpipe.evaluation.external import measure_embeddings
+    from hierpipe.reporting.measured import report_measured
+
+    metrics = measure_embeddings(
+        args.embeddings,
+        args.tree,
+        args.out_dir,
+        name=args.name,
+        representatives_path=args.representatives,
+        subset=args.subset,
+        distance=args.distance,
+        curvature=args.curvature,
+        seed=args.seed,
+    )
+    report_measured(metrics, args.out_dir, args.curvature)
+
+
 def _ui(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -295,6 +313,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_threads(figures)
     figures.set_defaults(handler=_figures, verb="figures")
+
+    measure = verbs.add_parser(
+        "measure",
+        help="every classifier-free measure of any model's embeddings against a class tree, "
+        "with the summary tables and the tree figure (hierpipe.evaluation.external)",
+    )
+    measure.add_argument(
+        "embeddings", help="a .parquet or .npz file: embedding, label[, sample_id, split]"
+    )
+    measure.add_argument(
+        "--tree",
+        required=True,
+        help="a prepared dataset directory (data/<name>), its classes.parquet, or a "
+        "node,parent,label CSV",
+    )
+    measure.add_argument("--out-dir", required=True, help="where metrics.json and tables go")
+    measure.add_argument("--name", help="the model's name in the tables (default: file name)")
+    measure.add_argument(
+        "--representatives", help="class representatives (representatives.parquet layout)"
+    )
+    measure.add_argument("--subset", default="test", help="the split subset to evaluate")
+    measure.add_argument(
+        "--distance", choices=("cosine", "euclidean", "poincare"), default="cosine"
+    )
+    measure.add_argument("--curvature", type=float, default=0.1, help="with --distance poincare")
+    measure.add_argument("--seed", type=int, default=0, help="of the random-vector chance level")
+    _add_threads(measure)
+    measure.set_defaults(handler=_measure, verb="measure")
 
     ui = verbs.add_parser(
         "ui", help="browse the MLflow runs (store: $MLFLOW_TRACKING_URI or ./mlflow/mlflow.db)"

@@ -10,7 +10,15 @@ import pytest
 
 from hierpipe.cli import main
 
-VERBS = [["data", "prepare"], ["data", "split"], ["train"], ["embed"], ["evaluate"], ["aggregate"]]
+VERBS = [
+    ["data", "prepare"],
+    ["data", "split"],
+    ["train"],
+    ["embed"],
+    ["evaluate"],
+    ["aggregate"],
+    ["measure"],
+]
 
 
 def hierpipe(*args: str) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import validated
 
+from hierpipe.cli import main as cli_main
 from hierpipe.core import catalog
 from hierpipe.core.config import SplitConfig, resolve_run_config
 from hierpipe.core.errors import HierpipeError
@@ -185,6 +186,30 @@ def test_every_measure_evaluation_writes_is_declared(exported, exported_hier, tm
         metrics = tmp_path / f"{index}.json"
         written |= set(evaluate_run(config, out / "embeddings.parquet", representatives, metrics))
     assert {catalog.measure_key(measure) for measure in written} == set(catalog.MEASURES)
+
+
+def test_measure_reproduces_a_runs_classifier_free_measures(exported, tmp_path):
+    """`hierpipe measure` on a run's own exported files: the measures that need no classifier
+    equal the run's evaluation, value for value, and the tables and tree figure are written."""
+    config, out = exported
+    run_metrics = evaluate_run(
+        config, out / "embeddings.parquet", out / "representatives.parquet", tmp_path / "m.json"
+    )
+    measured = tmp_path / "measured"
+    argv = ["measure", str(out / "embeddings.parquet"), "--tree", config.data_dir]
+    argv += ["--out-dir", str(measured), "--representatives", str(out / "representatives.parquet")]
+    assert cli_main([*argv, "--seed", str(config.seed), "--name", "proxydr"]) == 0
+    got = json.loads((measured / "metrics.json").read_text())["metrics"]
+    expected = {
+        name: value
+        for name, value in run_metrics.items()
+        if not name.startswith("classification/logits/")
+    }
+    assert expected.keys() <= got.keys()  # and Recall@k for more k, by measure's defaults
+    for name, value in expected.items():
+        assert got[name] == (None if math.isnan(value) else value), name
+    assert "| proxydr (standard) |" in (measured / "summary.md").read_text()
+    assert (measured / "figures/tree_comparison.png").stat().st_size > 0
 
 
 def test_nan_embeddings_are_refused_at_evaluation(exported, tmp_path):

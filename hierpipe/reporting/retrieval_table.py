@@ -89,6 +89,9 @@ def retrieval_table(summary: pd.DataFrame) -> pd.DataFrame:
                     "models": f"{row['model']} ({row['option']})",
                 }
             )
+    columns = ["method", "arch", "dataset", "k", "source", "recall", "sd", "n_seeds", "models"]
+    if not rows:  # no run has a defined Recall@k (e.g. every class seen once)
+        return pd.DataFrame(columns=columns)
     ours = pd.DataFrame(rows)
     # two runs of one method and architecture on a dataset (options, variants): name them
     clash = ours.duplicated(["method", "arch", "dataset", "k"], keep=False)
@@ -96,7 +99,6 @@ def retrieval_table(summary: pd.DataFrame) -> pd.DataFrame:
     paper = paper_results().merge(ours[["method", "arch"]].drop_duplicates())
     paper = paper.merge(ours[["dataset", "k"]].drop_duplicates())
     paper = paper.assign(source="paper", sd=float("nan"), n_seeds=pd.NA, models=PAPER_SOURCE)
-    columns = ["method", "arch", "dataset", "k", "source", "recall", "sd", "n_seeds", "models"]
     return pd.concat([ours, paper[columns]], ignore_index=True)[columns]
 
 
