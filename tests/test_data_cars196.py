@@ -1,5 +1,6 @@
 """Cars196 from a tiny car_ims.tgz and cars_annos.mat in the official format, over 127.0.0.1."""
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -264,3 +265,106 @@ def test_directory_source_does_not_replace_downloaded_files(tmp_path):
     builder = cars196.Cars196Builder()
     with pytest.raises(HierpipeError, match=r"out/raw exists and is not a link; remove it"):
         builder.prepare(tmp_path / "out", builder.Options(), str(source))
+
+
+# --- the devkit layout of today's mirrors ------------------------------------------------------
+
+
+def _write_devkit(root: Path, meta_beside: bool = False) -> None:
+    """The same 12 images and labels as ROWS in the devkit's layout: cars_train/ and cars_test/
+    numbered in a different order than car_ims/, devkit/cars_train_annos.mat,
+    devkit/cars_meta.mat and cars_test_annos_withlabels.mat."""
+    (root / "devkit").mkdir(parents=True)
+    for subset, test in (("train", 0), ("test", 1)):
+        folder = root / f"cars_{subset}"
+        folder.mkdir()
+        chosen = [k for k, row in enumerate(ROWS) if row[2] == test][::-1]  # reversed order
+        structs = np.zeros(
+            (1, len(chosen)), dtype=[(f, "O") for f in ("bbox_x1", "class", "fname")]
+        )
+        for number, k in enumerate(chosen, start=1):
+            name = f"{number:05d}.jpg"
+            (folder / name).write_bytes(jpeg_bytes(k))
+            structs[0, number - 1] = (np.uint16(1), np.uint8(ROWS[k][1]), name)
+        annotations = (
+            "devkit/cars_train_annos.mat" if subset == "train" else "cars_test_annos_withlabels.mat"
+        )
+        savemat(root / annotations, {"annotations": structs})
+    names = np.empty((1, len(CLASSES)), dtype=object)
+    names[0, :] = CLASSES
+    savemat(
+        root / ("cars_meta.mat" if meta_beside else "devkit/cars_meta.mat"), {"class_names": names}
+    )
+
+
+def _samples_by_content(out: Path) -> tuple[set, list[tuple[str, ...]]]:
+    """(image sha256, label, official subset, metric_learning subset) per sample, and the tree."""
+    samples, tree = read_dataset(out)
+    subsets = {}
+    for predefined in ("official", "metric_learning"):
+        make_split(out, predefined, "predefined", {}, 0, predefined=predefined)
+        split, _ = read_split(out / f"splits/{predefined}.parquet")
+        subsets[predefined] = dict(zip(split["sample_id"], split["subset"], strict=True))
+    rows = {
+        (
+            hashlib.sha256((out / path).read_bytes()).hexdigest(),
+            label,
+            subsets["official"][sample_id],
+            subsets["metric_learning"][sample_id],
+        )
+        for sample_id, path, label in samples[["sample_id", "path", "label"]].itertuples(
+            index=False
+        )
+    }
+    return rows, [tree.paths, tree.classes]
+
+
+@pytest.mark.parametrize("form", ["directory", "archive with a top folder", "meta beside"])
+def test_the_devkit_layout_gives_the_same_samples_and_classes(tmp_path, form):
+    reference = tmp_path / "car_ims_layout"
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "cars196",
+                "--out",
+                str(reference),
+                "--source",
+                str(_source_dir(tmp_path)),
+            ]
+        )
+        == 0
+    )
+    devkit = tmp_path / "mirror" / "stanford_cars"
+    _write_devkit(devkit, meta_beside=form == "meta beside")
+    source = devkit
+    if form == "archive with a top folder":
+        source = tmp_path / "stanford_cars.tgz"
+        with tarfile.open(source, "w:gz") as archive:
+            archive.add(devkit, arcname="stanford_cars")
+    out = tmp_path / "devkit_layout"
+    assert main(["data", "prepare", "cars196", "--out", str(out), "--source", str(source)]) == 0
+    assert _samples_by_content(out) == _samples_by_content(reference)
+    samples, _ = read_dataset(out)
+    assert len(samples) == len(ROWS) and samples["path"].str.contains("cars_t").all()
+
+
+def test_a_devkit_source_without_its_test_labels_is_named(tmp_path):
+    devkit = tmp_path / "devkit_source"
+    _write_devkit(devkit)
+    (devkit / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(HierpipeError, match=r"no cars_test_annos_withlabels.mat \(in devkit/"):
+        cars196.Cars196Builder().prepare(
+            tmp_path / "out", cars196.Cars196Builder.Options(), str(devkit)
+        )
+
+
+def test_a_failed_official_download_names_the_mirror_layouts(tmp_path, monkeypatch, capsys):
+    mirror = tmp_path / "empty"
+    mirror.mkdir()
+    with serve_directory(mirror) as server:  # every file answers 404, as the Stanford links do
+        pin_files(monkeypatch, cars196, _serve_files(tmp_path), server.url)
+        assert main(["data", "prepare", "cars196", "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert "pass --source" in error and "car_ims/ with cars_annos.mat, or cars_train/" in error

@@ -4,8 +4,17 @@ Source: `car_ims.tgz` (`car_ims/000001.jpg` ...) and `cars_annos.mat`, a MATLAB 
 `annotations`, a struct array with one element per image (fields `relative_im_path`, e.g.
 `car_ims/000001.jpg`, `bbox_x1` .. `bbox_y2`, `class` 1..196 and `test` 0/1), and
 `class_names`, the 196 names such as `Acura RL Sedan 2012`. The Stanford links (HIER's README)
-may be dead: `--source` takes a mirror URL, the archive (then cars_annos.mat is missing) or
-a directory holding `car_ims/` and `cars_annos.mat`.
+have been gone since 2023 (torchvision issue 7545); mirrors publish one of two layouts, and
+`--source` takes either, as a directory or an archive (also with one top folder around it):
+
+- `car_ims/` with `cars_annos.mat` (the layout above);
+- the devkit's: `cars_train/` and `cars_test/` (`00001.jpg` ...), `devkit/cars_train_annos.mat`
+  and `cars_test_annos_withlabels.mat` (a struct array `annotations` with `fname` and `class`
+  per image) and `devkit/cars_meta.mat` (`class_names`). The .mat files may also lie beside
+  the image folders.
+
+Both give the same classes and the same images with the same labels and official split;
+sample ids follow each layout's annotation order (devkit: train, then test).
 
 Samples follow the annotations: sample_id is the 1-based annotation index, the label is
 `class - 1`. The tree (option `tree`) is parsed from the class names `<make> <model> <year>`:
@@ -51,6 +60,15 @@ FILES = (
     RemoteFile("cars_annos.mat", f"{_BASE}/cars_annos.mat", "md5:b407c6086d669747186bd1d764ff9dbc"),
 )
 ANNOTATIONS_FILE = "cars_annos.mat"
+DEVKIT_FILES = {
+    "train": "cars_train_annos.mat",
+    "test": "cars_test_annos_withlabels.mat",
+    "meta": "cars_meta.mat",
+}
+LAYOUTS = (
+    "car_ims/ with cars_annos.mat, or cars_train/ and cars_test/ with "
+    "devkit/cars_train_annos.mat, devkit/cars_meta.mat and cars_test_annos_withlabels.mat"
+)
 # The bounding boxes are not used, so a file without them is still accepted.
 _FIELDS = ("relative_im_path", "class", "test")
 
@@ -105,6 +123,8 @@ def class_path(name: str, tree: str) -> tuple[str, str, str]:
 class Cars196Builder(DatasetBuilder):
     """Cars196: 16,185 images of 196 car classes, under their make or body type."""
 
+    source_layouts = f"Cars196 mirrors hold {LAYOUTS}"
+
     @dataclass(frozen=True)
     class Options:
         on_bad_image: str = "error"
@@ -117,8 +137,7 @@ class Cars196Builder(DatasetBuilder):
     def prepare(self, out_dir: Path, options: Cars196Builder.Options, source: str | None) -> None:
         out_dir = begin_dataset(out_dir)
         raw = raw_dir(FILES, source, out_dir)
-        mat_path = raw / ANNOTATIONS_FILE
-        annotations, class_names = _read_annotations(mat_path)
+        layout_root, mat_path, annotations, class_names = _read_layout(raw)
         try:
             tree = ClassTree.from_paths([class_path(n, options.tree) for n in class_names])
         except HierpipeError as error:
@@ -126,7 +145,10 @@ class Cars196Builder(DatasetBuilder):
         samples = pd.DataFrame(
             {
                 "sample_id": np.arange(1, len(annotations) + 1),
-                "path": [f"raw/{p}" for p in annotations["relative_im_path"]],
+                "path": [
+                    (Path("raw") / layout_root.relative_to(raw) / p).as_posix()
+                    for p in annotations["relative_im_path"]
+                ],
                 "label": annotations["class"] - 1,
             }
         )
@@ -139,12 +161,72 @@ class Cars196Builder(DatasetBuilder):
         write_samples(out_dir, samples)
 
 
+def _layout_root(raw: Path) -> Path:
+    """The folder of `raw` (itself or its one subfolder, a mirror archive's top folder) that
+    holds either layout."""
+    subfolders = [path for path in raw.iterdir() if path.is_dir()]
+    for root in (raw, *(subfolders if len(subfolders) == 1 else ())):
+        markers = (root / ANNOTATIONS_FILE, root / "car_ims", root / "cars_train")
+        if any(marker.exists() for marker in markers):
+            return root
+    raise HierpipeError(f"{raw}: no Cars196 files; expected {LAYOUTS}")
+
+
+def _read_layout(raw: Path) -> tuple[Path, Path, pd.DataFrame, list[str]]:
+    """The layout's folder, the file of the class names, and relative_im_path (from that
+    folder), class and test per annotation with the class names."""
+    root = _layout_root(raw)
+    if not (root / "cars_train").is_dir():
+        return (root, root / ANNOTATIONS_FILE, *_read_annotations(root / ANNOTATIONS_FILE))
+    files = {key: _devkit_file(root, name) for key, name in DEVKIT_FILES.items()}
+    meta = _load_mat(files["meta"])
+    if "class_names" not in meta:
+        raise HierpipeError(f"{files['meta']}: no variable 'class_names'")
+    class_names = [str(name) for name in np.atleast_1d(meta["class_names"])]
+    parts = []
+    for subset, test in (("train", 0), ("test", 1)):
+        frame = _read_devkit_annotations(files[subset], f"cars_{subset}", len(class_names))
+        parts.append(frame.assign(test=test))
+    return root, files["meta"], pd.concat(parts, ignore_index=True), class_names
+
+
+def _devkit_file(root: Path, name: str) -> Path:
+    for path in (root / "devkit" / name, root / name):
+        if path.is_file():
+            return path
+    raise HierpipeError(
+        f"{root}: no {name} (in devkit/ or beside cars_train/); a devkit-layout Cars196 source "
+        f"holds cars_train/, cars_test/, {', '.join(DEVKIT_FILES.values())}"
+    )
+
+
+def _read_devkit_annotations(path: Path, folder: str, num_classes: int) -> pd.DataFrame:
+    """relative_im_path (`<folder>/<fname>`) and class of each annotation of a devkit file."""
+    structs = np.atleast_1d(_load_mat(path).get("annotations", np.array([])))
+    fields = structs.dtype.names or ()
+    if "fname" not in fields or "class" not in fields:
+        raise HierpipeError(
+            f"{path}: expected a struct array 'annotations' with the fields fname and class "
+            f"(it has {', '.join(fields) or 'none'})"
+        )
+    names = [str(name) for name in structs["fname"]]
+    bad = [name for name in names if not _is_inside(name) or "/" in name]
+    if bad:
+        raise HierpipeError(f"{path}: fname {bad[0]!r}; expected a file name such as 00001.jpg")
+    classes = _integers(structs["class"], "class", path)
+    outside = np.flatnonzero((classes < 1) | (classes > num_classes))
+    if outside.size:
+        raise HierpipeError(
+            f"{path}: annotation {outside[0] + 1} has class {classes[outside[0]]}; expected "
+            f"1..{num_classes} (cars_meta.mat's class_names)"
+        )
+    paths = [f"{folder}/{name}" for name in names]
+    return pd.DataFrame({"relative_im_path": paths, "class": classes})
+
+
 def _load_mat(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise HierpipeError(
-            f"{path}: missing; a Cars196 source directory must hold {ANNOTATIONS_FILE} beside "
-            "car_ims/"
-        )
+        raise HierpipeError(f"{path}: missing; a Cars196 source holds {LAYOUTS}")
     # scipy.io adds a tenth of a second to every `import hierpipe.data`; only this needs it.
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError

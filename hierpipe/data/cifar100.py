@@ -182,6 +182,11 @@ def _batch(path: Path, fine_count: int, coarse_count: int) -> _Batch:
 class CIFAR100Builder(DatasetBuilder):
     """CIFAR-100: 60,000 32x32 images of 100 classes in 20 superclasses."""
 
+    source_layouts = (
+        "mirrors hold cifar-100-python.tar.gz, or its extracted cifar-100-python/ with train, "
+        "test and meta"
+    )
+
     @dataclass(frozen=True)
     class Options:
         tree: str = "proxydr"

@@ -68,6 +68,11 @@ def _table(path: Path, columns: list[str]) -> pd.DataFrame:
 class CUB200Builder(DatasetBuilder):
     """CUB-200-2011: 11,788 images of 200 bird species under 13 orders."""
 
+    source_layouts = (
+        "mirrors hold CUB_200_2011.tgz, or its extracted CUB_200_2011/ with images.txt, "
+        "image_class_labels.txt, classes.txt, train_test_split.txt and images/"
+    )
+
     @dataclass(frozen=True)
     class Options:
         on_bad_image: str = "error"

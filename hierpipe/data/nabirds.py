@@ -92,6 +92,12 @@ def _same_images(path: Path, table: dict[str, str], images: dict[str, str]) -> N
 class NABirdsBuilder(DatasetBuilder):
     """NABirds: 48,562 images of 555 bird classes (species, sexes, ages) in 22 groups."""
 
+    source_layouts = (
+        "the Cornell Lab of Ornithology hands out nabirds.tar.gz after its terms of use are "
+        "accepted at https://dl.allaboutbirds.org/nabirds; --source takes that archive or its "
+        "extracted nabirds/ folder"
+    )
+
     @dataclass(frozen=True)
     class Options:
         on_bad_image: str = "error"

@@ -31,6 +31,8 @@ class DatasetBuilder(ABC):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type]
+    # What a mirror or a hand download holds, said when the official download fails.
+    source_layouts: ClassVar[str] = ""
 
     @abstractmethod
     def prepare(self, out_dir: Path, options: Any, source: str | None) -> None:
@@ -111,8 +113,10 @@ def prepare_dataset(
     try:
         builder.prepare(out_dir, options, source)
     except DownloadError as error:
+        layouts = f" ({builder.source_layouts})" if builder.source_layouts else ""
         raise HierpipeError(
             f"dataset {name!r}: {error}. Get its files from a mirror or by hand and pass "
-            f"--source (a URL, an archive or a directory; in params: datasets.{name}.source)"
+            f"--source (a URL, an archive or a directory{layouts}; in params: "
+            f"datasets.{name}.source)"
         ) from error
     return options

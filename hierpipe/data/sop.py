@@ -140,6 +140,11 @@ def _tree(root: Path, rows: list[_Row]) -> ClassTree:
 class SOPBuilder(DatasetBuilder):
     """Stanford Online Products: 22,634 products under 12 super classes."""
 
+    source_layouts = (
+        "mirrors hold Stanford_Online_Products.zip, or its extracted Stanford_Online_Products/ "
+        "with Ebay_train.txt, Ebay_test.txt and the <super>_final/ folders"
+    )
+
     @dataclass(frozen=True)
     class Options:
         on_bad_image: str = "error"
