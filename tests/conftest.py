@@ -106,3 +106,17 @@ def nodes_per_level(tree) -> list[int]:
     """How many distinct nodes each level of `tree` has (a class shallower than a level counts
     as its own node there), counted from the class paths."""
     return [len({path[: level + 1] for path in tree.paths}) for level in range(tree.max_depth)]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny experiment's generated `shapes` dataset, prepared and split, under a root."""
+    from hierpipe.core.config import SplitConfig
+    from hierpipe.data import make_split, prepare_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    shapes = TINY_PARAMS["datasets"]["shapes"]
+    prepare_dataset("shapes", root / "shapes", shapes["prepare"])
+    split = SplitConfig(**shapes["split"])
+    make_split(root / "shapes", split.name, split.scheme, split.fractions, split.seed)
+    return root

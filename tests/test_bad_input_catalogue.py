@@ -39,7 +39,7 @@ from dataset_fixtures import add_member, pin_files
 from http_server import serve_directory
 from test_data_cub200 import CLASSES, HIERARCHY, _build_archive, _serve_files
 from test_data_fetch import make_tar, tar_member
-from test_run_steps import _config, data_root  # noqa: F401 (data_root: a fixture)
+from test_run_steps import _config
 
 from hierpipe.core.config import SplitConfig, read_run_config, read_yaml_mapping, validate_params
 from hierpipe.core.errors import HierpipeError
@@ -218,7 +218,7 @@ def test_08a_hierarchy_node_with_two_parents(tmp_path, monkeypatch):
     assert not (out / "samples.parquet").exists() and not (out / "classes.parquet").exists()
 
 
-def test_08b_hierarchy_class_is_an_inner_node(data_root, tmp_path):  # noqa: F811
+def test_08b_hierarchy_class_is_an_inner_node(data_root, tmp_path):
     root = tmp_path / "shapes"
     shutil.copytree(data_root / "shapes", root)
     tree = read_classes(root)
@@ -263,7 +263,7 @@ def _run_outputs(directory, num_classes: int, dim: int, nan_rows=()) -> tuple:
     return embeddings, representatives
 
 
-def test_09_embeddings_wrong_dimension(tiny_params, data_root, tmp_path):  # noqa: F811
+def test_09_embeddings_wrong_dimension(tiny_params, data_root, tmp_path):
     config = _config(tiny_params, data_root)  # embedding_dim 8
     classes = read_classes(config.data_dir).num_classes
     embeddings, representatives = _run_outputs(tmp_path, classes, dim=5)
@@ -273,7 +273,7 @@ def test_09_embeddings_wrong_dimension(tiny_params, data_root, tmp_path):  # noq
     assert not metrics.exists()
 
 
-def test_10_embeddings_nan_rows(tiny_params, data_root, tmp_path):  # noqa: F811
+def test_10_embeddings_nan_rows(tiny_params, data_root, tmp_path):
     config = _config(tiny_params, data_root)
     classes = read_classes(config.data_dir).num_classes
     embeddings, representatives = _run_outputs(tmp_path, classes, dim=8, nan_rows=[3, 7])
@@ -334,7 +334,7 @@ def test_11a_resume_checkpoint_shape_mismatch(tiny_params, tmp_path, monkeypatch
 
 def test_11b_resume_checkpoint_of_other_config(
     tiny_params,
-    data_root,  # noqa: F811
+    data_root,
     tmp_path,
     monkeypatch,
     caplog,
@@ -398,7 +398,7 @@ def test_12a_torch_file_with_python_object(tmp_path, load, what):
 
 def test_12b_resume_checkpoint_with_python_object(
     tiny_params,
-    data_root,  # noqa: F811
+    data_root,
     tmp_path,
     caplog,
 ):

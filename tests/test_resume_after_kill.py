@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_run_steps import _config, data_root  # noqa: F401 (data_root: a fixture)
+from test_run_steps import _config
 
 from hierpipe.core.config import write_run_config
 
@@ -103,7 +103,7 @@ def _assert_same_outputs(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_params_module, data_root, tmp_path_factory):  # noqa: F811
+def reference(tiny_params_module, data_root, tmp_path_factory):
     config = _config(tiny_params_module, data_root, model="proxydr", epochs=EPOCHS)
     run = _run_dir(tmp_path_factory.mktemp("reference"), "run", config)
     _finish(run)

@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,9 +11,9 @@ from conftest import validated
 
 from hierpipe.cli import main as cli_main
 from hierpipe.core import catalog
-from hierpipe.core.config import SplitConfig, resolve_run_config
+from hierpipe.core.config import resolve_run_config
 from hierpipe.core.errors import HierpipeError
-from hierpipe.data import make_split, prepare_dataset, read_classes
+from hierpipe.data import read_classes
 from hierpipe.evaluation.embedding_files import (
     read_embeddings,
     read_representatives,
@@ -26,18 +25,6 @@ from hierpipe.evaluation.metrics import classwise_spearman, retrieval_metrics
 from hierpipe.train import engine
 from hierpipe.train.artifacts import load_model
 from hierpipe.train.engine import train_run
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from conftest import TINY_PARAMS
-
-    root = tmp_path_factory.mktemp("data")
-    shapes = TINY_PARAMS["datasets"]["shapes"]
-    prepare_dataset("shapes", root / "shapes", shapes["prepare"])
-    split = SplitConfig(**shapes["split"])
-    make_split(root / "shapes", split.name, split.scheme, split.fractions, split.seed)
-    return root
 
 
 def _config(tiny_params, data_root, model="proxydr", epochs=2, option="standard"):

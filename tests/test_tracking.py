@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, write_yaml
 from mlflow import MlflowClient
-from test_run_steps import _config, data_root  # noqa: F401 (data_root: a fixture)
+from test_run_steps import _config
 
 from hierpipe.core.errors import HierpipeError
 from hierpipe.evaluation.evaluate import evaluate_run
@@ -53,7 +53,7 @@ def test_metric_names_are_sanitised():
     assert tracking.sanitize_metric_name("hs@k (x)-1.5") == "hs_at_k _x_-1.5"
 
 
-def test_no_tracking_without_a_parent_run_or_when_disabled(tiny_params, data_root, monkeypatch):  # noqa: F811
+def test_no_tracking_without_a_parent_run_or_when_disabled(tiny_params, data_root, monkeypatch):
     config = _config(tiny_params, data_root)
     assert isinstance(tracking.run_tracker(config, "train"), tracking.NullTracker)
     monkeypatch.setenv(tracking.PARENT_ENV, "some-run")
@@ -69,7 +69,7 @@ def test_dry_run_or_disabled_creates_nothing(tmp_path, monkeypatch):
     assert tracking.PARENT_ENV not in os.environ
 
 
-def test_a_job_never_creates_the_store(tiny_params, data_root, tmp_path, monkeypatch):  # noqa: F811
+def test_a_job_never_creates_the_store(tiny_params, data_root, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/missing/mlflow.db"
     monkeypatch.setenv(tracking.URI_ENV, uri)
     monkeypatch.setenv(tracking.PARENT_ENV, "some-run")
@@ -78,7 +78,7 @@ def test_a_job_never_creates_the_store(tiny_params, data_root, tmp_path, monkeyp
     assert not (tmp_path / "missing").exists()
 
 
-def test_workflow_run_with_train_and_evaluate_children(tiny_params, data_root, tmp_path):  # noqa: F811
+def test_workflow_run_with_train_and_evaluate_children(tiny_params, data_root, tmp_path):
     parent_id = tracking.start_workflow_run(tmp_path, "tiny")
     uri = f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     assert os.environ[tracking.URI_ENV] == uri and os.environ[tracking.PARENT_ENV] == parent_id
@@ -128,7 +128,7 @@ def test_workflow_run_with_train_and_evaluate_children(tiny_params, data_root, t
     assert [a.path for a in client.list_artifacts(evaluate.info.run_id)] == ["metrics.json"]
 
 
-def test_model_artifact_can_be_switched_off(tiny_params, data_root, tmp_path, monkeypatch):  # noqa: F811
+def test_model_artifact_can_be_switched_off(tiny_params, data_root, tmp_path, monkeypatch):
     parent_id = tracking.start_workflow_run(tmp_path, "tiny")
     monkeypatch.setenv(tracking.LOG_MODEL_ENV, "0")
     config = _config(tiny_params, data_root, epochs=1)
@@ -199,19 +199,24 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_ui_serves_the_store(tmp_path):
-    tracking.start_workflow_run(tmp_path, "tiny")
+def _start_ui(root: Path, port: int) -> subprocess.Popen:
+    """`hierpipe ui` on the store a workflow run created in `root`, in a session of its own."""
+    tracking.start_workflow_run(root, "tiny")
     env = {k: v for k, v in os.environ.items() if k != tracking.URI_ENV}  # ./mlflow/mlflow.db
-    port = _free_port()
     hierpipe = Path(sys.executable).parent / "hierpipe"
-    server = subprocess.Popen(
+    return subprocess.Popen(
         [str(hierpipe), "ui", "--port", str(port)],
-        cwd=tmp_path,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # mlflow ui starts workers: stop the whole group afterwards
     )
+
+
+def test_ui_serves_the_store(tmp_path):
+    port = _free_port()
+    server = _start_ui(tmp_path, port)
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
     try:
         deadline = time.monotonic() + 60
@@ -256,18 +261,8 @@ def _children(pid: int) -> list[int]:
 
 
 def test_ui_stopped_by_sigterm_stops_mlflow_and_its_workers(tmp_path):
-    tracking.start_workflow_run(tmp_path, "tiny")
-    env = {k: v for k, v in os.environ.items() if k != tracking.URI_ENV}
     port = _free_port()
-    hierpipe = Path(sys.executable).parent / "hierpipe"
-    server = subprocess.Popen(
-        [str(hierpipe), "ui", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    server = _start_ui(tmp_path, port)
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
     ui_group = None
     try:
@@ -326,7 +321,7 @@ def test_snakemake_hooks_create_and_end_the_parent_run(tmp_path, tiny_params):
 
 def test_a_run_stopped_by_a_non_finite_loss_is_failed_in_mlflow(
     tiny_params,
-    data_root,  # noqa: F811
+    data_root,
     tmp_path,
     monkeypatch,
 ):

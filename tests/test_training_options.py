@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_PARAMS, validated
+from conftest import validated
 from scipy.optimize import brentq, minimize_scalar
 
 from hierpipe.core.catalog import TRAINING_OPTIONS, check_option_set, proxies_from_hierarchy
-from hierpipe.core.config import SplitConfig, resolve_run_config
+from hierpipe.core.config import resolve_run_config
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
-from hierpipe.data import make_split, prepare_dataset, read_classes
+from hierpipe.data import read_classes
 from hierpipe.losses import NormFaceLoss, ProxyClassifierLoss, ProxyDRLoss
 from hierpipe.train import engine
 from hierpipe.train.artifacts import load_model
@@ -443,17 +443,6 @@ def test_check_option_set_accepts_the_papers_grid(spec: dict, loss_name: str) ->
 
 
 # ---------------------------------------------------------------- inside the engine
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """The tiny generated shapes dataset: 8 classes in a 2 x 2 x 2 tree, 32 training images."""
-    root = tmp_path_factory.mktemp("data")
-    shapes = TINY_PARAMS["datasets"]["shapes"]
-    prepare_dataset("shapes", root / "shapes", shapes["prepare"])
-    split = SplitConfig(**shapes["split"])
-    make_split(root / "shapes", split.name, split.scheme, split.fractions, split.seed)
-    return root
 
 
 EPOCHS = 2
