@@ -320,7 +320,8 @@ def _parser() -> argparse.ArgumentParser:
         "with the summary tables and the tree figure (hierpipe.evaluation.external)",
     )
     measure.add_argument(
-        "embeddings", help="a .parquet or .npz file: embedding, label[, sample_id, split]"
+        "embeddings",
+        help="a .parquet, .npz or structured .npy file: embedding, label[, sample_id, split]",
     )
     measure.add_argument(
         "--tree",

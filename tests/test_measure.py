@@ -97,6 +97,31 @@ def test_parquet_embeddings_with_a_split_measure_the_chosen_subset(tmp_path):
     assert metrics["retrieval/recall@1"] == pytest.approx(expected)
 
 
+def test_a_structured_npy_file_measures_like_the_npz(tmp_path):
+    arrays = np.load(_embeddings(tmp_path))
+    fields = [("sample_id", "i8"), ("label", "i8"), ("embedding", "f8", (3,))]
+    records = np.zeros(24, dtype=fields)
+    for name in ("sample_id", "label", "embedding"):
+        records[name] = arrays[name]
+    np.save(tmp_path / "model.npy", records)
+    tree = str(_tree(tmp_path))
+    for name in ("model.npz", "model.npy"):
+        out = str(tmp_path / f"out-{name}")
+        assert main(["measure", str(tmp_path / name), "--tree", tree, "--out-dir", out]) == 0
+    npz, npy = (
+        json.loads((tmp_path / f"out-{n}/metrics.json").read_text())
+        for n in ("model.npz", "model.npy")
+    )
+    assert npy["metrics"] == npz["metrics"]
+
+
+def test_a_plain_npy_array_is_refused_for_lack_of_labels(tmp_path, capsys):
+    np.save(tmp_path / "plain.npy", np.ones((4, 3)))
+    argv = ["measure", str(tmp_path / "plain.npy"), "--tree", str(_tree(tmp_path))]
+    line = _one_line_error(capsys, [*argv, "--out-dir", str(tmp_path / "out")])
+    assert "a plain array has no labels; expected a structured array" in line
+
+
 @pytest.mark.parametrize(
     ("change", "tree", "message"),
     [

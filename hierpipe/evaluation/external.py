@@ -5,7 +5,8 @@ Embeddings come as
   an `embedding` column of equal-length float lists, optionally `sample_id` (integers) and
   `split` (the subset each sample belongs to; `--subset` picks the evaluated one);
 - NumPy `.npz`: arrays `embedding` (N, D) and `label` (N,), optionally `sample_id` and
-  `split`.
+  `split`; or `.npy`: a structured array of N records with those fields (`embedding` a
+  D-element float field).
 
 The class tree comes as a prepared dataset's directory (or its `classes.parquet`), or a CSV
 file with the columns `node,parent,label`: one row per node of the tree, the root with an
@@ -54,6 +55,17 @@ def read_any_embeddings(path: str | Path, subset: str) -> Embeddings:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as arrays:
             columns = {name: arrays[name] for name in arrays.files}
+    elif path.suffix == ".npy":
+        try:
+            records = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise HierpipeError(f"{path}: not a readable .npy file ({error})") from error
+        if records.dtype.names is None:
+            raise HierpipeError(
+                f"{path}: a plain array has no labels; expected a structured array with the "
+                "fields embedding and label (optionally sample_id, split), or an .npz file"
+            )
+        columns = {name: records[name] for name in records.dtype.names}
     elif path.suffix == ".parquet":
         try:
             table = pq.read_table(path)
@@ -61,7 +73,7 @@ def read_any_embeddings(path: str | Path, subset: str) -> Embeddings:
             raise HierpipeError(f"{path}: not a readable Parquet file ({error})") from error
         columns = {name: table[name].to_pylist() for name in table.column_names}
     else:
-        raise HierpipeError(f"{path}: expected a .parquet or .npz embeddings file")
+        raise HierpipeError(f"{path}: expected a .parquet, .npz or .npy embeddings file")
     for name in ("embedding", "label"):
         if name not in columns:
             raise HierpipeError(
