@@ -137,6 +137,12 @@ def _measure(args: argparse.Namespace) -> None:
     report_measured(metrics, args.out_dir, args.curvature)
 
 
+def _fetch_weights(args: argparse.Namespace) -> None:
+    from hierpipe.train.pretrained_weights import fetch_weights
+
+    fetch_weights(args.backbone, args.out, args.url)
+
+
 def _ui(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -342,6 +348,18 @@ def _parser() -> argparse.ArgumentParser:
     measure.add_argument("--seed", type=int, default=0, help="of the random-vector chance level")
     _add_threads(measure)
     measure.set_defaults(handler=_measure, verb="measure")
+
+    weights = verbs.add_parser("weights", help="pretrained backbone weights")
+    weights_verbs = weights.add_subparsers(dest="weights_verb", required=True, metavar="ACTION")
+    fetch = weights_verbs.add_parser(
+        "fetch",
+        help="download a backbone's pretrained weights from the source the papers used, verify "
+        "and record their sha256, and write the state dict training loads",
+    )
+    fetch.add_argument("backbone", help="the timm name, as params' backbone.name")
+    fetch.add_argument("--out", required=True, help="the file params' backbone.weights names")
+    fetch.add_argument("--url", help="a mirror of the same file (http://, https:// or file://)")
+    fetch.set_defaults(handler=_fetch_weights, verb="weights fetch")
 
     ui = verbs.add_parser(
         "ui", help="browse the MLflow runs (store: $MLFLOW_TRACKING_URI or ./mlflow/mlflow.db)"

@@ -12,7 +12,6 @@ import torch
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.geometry import to_poincare
 from hierpipe.models import HEADS, EmbeddingNet, select_device
-from hierpipe.models.embedding_net import ALLOW_DOWNLOAD_ENV
 
 BACKBONE = "test_resnet"
 
@@ -168,31 +167,15 @@ def test_unknown_backbone() -> None:
         EmbeddingNet("no_such_net", 8, head="sphere")
 
 
-def test_pretrained_without_permission_fails_before_any_download(
+def test_pretrained_without_a_weights_file_fails_and_never_downloads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(ALLOW_DOWNLOAD_ENV, raising=False)
-
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("timm.create_model must not be reached")
 
     monkeypatch.setattr(timm, "create_model", no_model)
-    with pytest.raises(HierpipeError, match=f"weights=.*{ALLOW_DOWNLOAD_ENV}=1"):
+    with pytest.raises(HierpipeError, match=r"needs a weights file: .*hierpipe weights fetch"):
         EmbeddingNet(BACKBONE, 8, head="sphere", pretrained=True)
-
-
-def test_pretrained_with_permission_asks_timm_to_download(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ALLOW_DOWNLOAD_ENV, "1")
-    calls = []
-    create_model = timm.create_model
-
-    def offline_create_model(name: str, pretrained: bool, **kwargs: object) -> torch.nn.Module:
-        calls.append(pretrained)
-        return create_model(name, pretrained=False, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", offline_create_model)
-    EmbeddingNet(BACKBONE, 8, head="sphere", pretrained=True)
-    assert calls == [True]
 
 
 @pytest.mark.parametrize(("embedding_dim", "in_chans"), [(0, 3), (8, 0)])

@@ -299,6 +299,41 @@ def measure_label(path: str) -> str:
     return label
 
 
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a backbone's pretrained weights come from: the file the papers' code loaded.
+    `sha256_prefix`: the leading hex digits of its sha256 that the file name carries (the
+    PyTorch hub convention), checked on download; `origin` says what the file is."""
+
+    url: str
+    origin: str
+    sha256_prefix: str | None = None
+
+
+# Keyed by timm model name (params' backbone.name); `hierpipe weights fetch` converts each
+# file to the timm backbone's own state dict (num_classes=0).
+PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {
+    "resnet50": PretrainedWeights(
+        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        "torchvision's ImageNet-1k ResNet-50 (IMAGENET1K_V1), which ProxyDR's and HIER's code load",
+        "0676ba61",
+    ),
+    "deit_small_distilled_patch16_224": PretrainedWeights(
+        "https://dl.fbaipublicfiles.com/deit/deit_small_distilled_patch16_224-649709d9.pth",
+        "Facebook's distilled DeiT-S release, what HIER's timm 0.4.12 loads",
+        "649709d9",
+    ),
+    "vit_small_patch16_224.dino": PretrainedWeights(
+        "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+        "DINO's ViT-S/16 release, what HIER's torch.hub dino_vits16 loads",
+    ),
+    "vit_small_patch16_224.augreg_in21k": PretrainedWeights(
+        "https://huggingface.co/timm/vit_small_patch16_224.augreg_in21k/resolve/main/model.safetensors",
+        "timm's AugReg ImageNet-21k ViT-S/16",
+    ),
+}
+
+
 def lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
     """The entry `name` of `registry` (of `what`s); unknown names fail with the known ones."""
     if name not in registry:

@@ -373,6 +373,22 @@ def model_backbone(params: Mapping[str, Any], model: str) -> BackboneConfig:
     return _build(BackboneConfig, merged, f"backbone (with models.{model}.backbone)")
 
 
+def fetched_weights(params: Mapping[str, Any]) -> dict[str, str]:
+    """The pretrained weights files params' models load that the workflow fetches: file ->
+    backbone, for the backbones with a known source (catalog.PRETRAINED_WEIGHTS)."""
+    files = {}
+    for model in params["models"]:
+        backbone = model_backbone(params, model)
+        if backbone.pretrained and backbone.weights and backbone.name in catalog.PRETRAINED_WEIGHTS:
+            known = files.setdefault(backbone.weights, backbone.name)
+            if known != backbone.name:
+                raise HierpipeError(
+                    f"params: backbone.weights {backbone.weights!r} is named for both "
+                    f"{known!r} and {backbone.name!r}; give each backbone its own file"
+                )
+    return files
+
+
 def run_evaluate(params: Mapping[str, Any], dataset: str, head: HeadConfig) -> EvaluateConfig:
     """The evaluation settings on `dataset` (its overrides on top), `auto` distance resolved."""
     merged = {**params.get("evaluate", {}), **(params["datasets"][dataset].get("evaluate") or {})}

@@ -5,7 +5,6 @@ The Poincaré head and its source: docs/methods/poincare_ball.md.
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,9 +20,6 @@ from hierpipe.core.geometry import ToPoincare
 from hierpipe.core.io import torch_load_problem
 from hierpipe.core.validation import check_int
 
-ALLOW_DOWNLOAD_ENV = "HIERPIPE_ALLOW_DOWNLOAD"
-
-
 # How many offending state-dict keys an error message lists before summarising.
 _KEYS_SHOWN = 5
 
@@ -33,9 +29,9 @@ def select_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _create_backbone(name: str, pretrained: bool, in_chans: int) -> nn.Module:
+def _create_backbone(name: str, in_chans: int) -> nn.Module:
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+        return timm.create_model(name, num_classes=0, in_chans=in_chans)
     except RuntimeError as err:
         if "Unknown model" not in str(err):
             raise
@@ -119,9 +115,8 @@ class EmbeddingNet(nn.Module):
     `clip_r` and the Riemannian gradient rescaling. All heads keep the linear layer's
     state-dict keys `head.weight` and `head.bias`.
 
-    Weights are offline by default: `pretrained=True` loads the local state-dict file
-    `weights` into the backbone; without `weights` it downloads from the timm hub, which
-    is allowed only when the environment variable HIERPIPE_ALLOW_DOWNLOAD=1 is set.
+    Weights are never downloaded here: `pretrained=True` loads the local state-dict file
+    `weights` into the backbone (`hierpipe weights fetch` writes it).
     """
 
     def __init__(
@@ -147,16 +142,15 @@ class EmbeddingNet(nn.Module):
                 f"weights={str(weights)!r} was given with pretrained=False; "
                 "set pretrained=True to load it, or drop weights for a random backbone"
             )
-        download = pretrained and weights is None
-        if download and os.environ.get(ALLOW_DOWNLOAD_ENV) != "1":
+        if pretrained and weights is None:
+            # compute nodes and containers rarely reach the hub, so training never downloads
             raise HierpipeError(
-                f"pretrained=True for backbone {backbone!r} without a weights file would "
-                "download from the timm hub, and hierpipe is offline by default; pass "
-                "weights=<path to a local state-dict file of the backbone (num_classes=0)>, "
-                f"or set {ALLOW_DOWNLOAD_ENV}=1 to allow the download"
+                f"pretrained=True for backbone {backbone!r} needs a weights file: set "
+                "backbone.weights (the workflow fetches it) or write it with `hierpipe weights "
+                f"fetch {backbone} --out weights/{backbone}.pth`"
             )
 
-        self.backbone = _create_backbone(backbone, download, in_chans)
+        self.backbone = _create_backbone(backbone, in_chans)
         if weights is not None:
             load_backbone_weights(self.backbone, weights, backbone)
         num_features = self.backbone.num_features

@@ -5,6 +5,7 @@ from hierpipe.reporting.plots.plan import FORMATS, figure_plan
 from hierpipe.core.config import (
     RUN_ID_PATTERN,
     check_params,
+    fetched_weights,
     grid,
     resolve_run_config,
     run_id,
@@ -36,6 +37,7 @@ BENCHMARKS = f"logs/benchmarks/{config['experiment']}"
 GRID = grid(config)
 RUNS = {run_id(*run[1:]): run[1:] for run in GRID}
 FIGURES = figure_plan(config)
+WEIGHTS_FILES = fetched_weights(config)
 
 
 wildcard_constraints:
@@ -48,6 +50,12 @@ def run_config_json(wildcards):
     in their order, not sorted: the order of split fractions decides the split."""
     resolved = resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run])
     return json.dumps(resolved.to_dict())
+
+
+def backbone_weights(wildcards):
+    """The pretrained weights file the run loads, when the workflow fetches it."""
+    weights = resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run]).backbone.weights
+    return [weights] if weights in WEIGHTS_FILES else []
 
 
 def split_file(wildcards):

@@ -20,6 +20,7 @@ rule train:
         samples="data/{dataset}/samples.parquet",
         classes="data/{dataset}/classes.parquet",
         split=split_file,
+        weights=backbone_weights,
     output:
         model=f"{RUN_DIR}/model.pt",
         log=f"{RUN_DIR}/train_log.parquet",
@@ -41,3 +42,23 @@ rule train:
         " hierpipe train --config {input.config} --model-out {output.model}"
         " --log-out {output.log} --checkpoint-dir {params.checkpoint_dir}"
         " --threads {threads} > {log} 2>&1"
+
+
+# Each pretrained backbone's weights, fetched once where Snakemake runs (compute nodes often
+# have no internet) from the source the papers' code loaded; training never downloads.
+for index, (weights_file, backbone) in enumerate(WEIGHTS_FILES.items()):
+
+    rule:
+        name:
+            f"fetch_weights_{index}"
+        output:
+            weights_file,
+        log:
+            f"logs/weights/{index}.log",
+        benchmark:
+            f"logs/benchmarks/weights/{index}.tsv"
+        localrule: True
+        params:
+            backbone=backbone,
+        shell:
+            "hierpipe weights fetch {params.backbone} --out {output} > {log} 2>&1"
