@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hierpipe.core.config import BackboneConfig, EvaluateConfig, HeadConfig, RunConfig, SplitConfig
@@ -71,7 +72,12 @@ def read_any_embeddings(path: str | Path, subset: str) -> Embeddings:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as error:
             raise HierpipeError(f"{path}: not a readable Parquet file ({error})") from error
-        columns = {name: table[name].to_pylist() for name in table.column_names}
+        columns = {
+            name: _embedding_rows(table[name], path)
+            if name == "embedding"
+            else table[name].to_numpy(zero_copy_only=False)
+            for name in table.column_names
+        }
     else:
         raise HierpipeError(f"{path}: expected a .parquet, .npz or .npy embeddings file")
     for name in ("embedding", "label"):
@@ -105,6 +111,21 @@ def read_any_embeddings(path: str | Path, subset: str) -> Embeddings:
     return Embeddings(
         sample_id.astype(np.int64), split, label.astype(np.int64), embedding, None, None
     )
+
+
+def _embedding_rows(column: pa.ChunkedArray, path: Path) -> np.ndarray:
+    """An N x D array from a column of equal-length float lists, without a Python object per
+    value (SOP-size files hold tens of millions)."""
+    column = column.combine_chunks()
+    if not (pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)):
+        raise HierpipeError(f"{path}: 'embedding' must be a column of float lists")
+    if column.null_count:
+        raise HierpipeError(f"{path}: 'embedding' has {column.null_count} null row(s)")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths != lengths[0]).any():
+        raise HierpipeError(f"{path}: 'embedding' rows must have one length")
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    return values.reshape(len(column), -1 if len(column) else 0)
 
 
 def read_tree(spec: str | Path) -> ClassTree:
@@ -143,6 +164,13 @@ def read_tree(spec: str | Path) -> ClassTree:
         return ClassTree.from_parents(parents, [classes[i] for i in range(len(classes))])
     except HierpipeError as error:
         raise HierpipeError(f"{path}: {error}") from None
+
+
+def _tree_name(spec: Path) -> str:
+    """The dataset name tables show: the dataset folder's, or the tree file's."""
+    if spec.is_dir():
+        return spec.name
+    return spec.parent.name if spec.name == CLASSES_FILE else spec.stem
 
 
 def measure_embeddings(
@@ -193,7 +221,7 @@ def measure_embeddings(
         shutil.copyfile(representatives_path, representatives)
     config = RunConfig(
         experiment="measure",
-        dataset=Path(tree_spec).stem if not Path(tree_spec).is_dir() else Path(tree_spec).name,
+        dataset=_tree_name(Path(tree_spec)),
         data_dir=str(out_dir),
         split=SplitConfig(),
         model=name or Path(embeddings_path).stem,
