@@ -15,7 +15,6 @@ copy of workflow/profiles/slurm in which the partition and the account are set, 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,12 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import TINY_PARAMS  # noqa: E402  (the tests' tiny experiment)
 from real_runtimes import (  # noqa: E402  (the tests' real runtimes)
-    SYSTEM_PATH,
-    apptainer_args,
     build_image,
+    host_environment,
     host_virtualenv,
     slurm_cluster,
-    slurm_profile_copy,
+    slurm_command,
     workflow_checkout,
 )
 
@@ -58,34 +56,14 @@ def main() -> int:
         image = build_image(base)
         venv = host_virtualenv(base / "host", "snakemake-executor-plugin-slurm")
         with slurm_cluster(cpus=4) as cluster:
-            local_env = {
-                **os.environ,
-                "HIERPIPE_MLFLOW": "0",
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            }
+            local_env = {**host_environment(), "HIERPIPE_MLFLOW": "0"}
             local_command = [sys.executable, "-m", "snakemake", "--cores", "2"]
             local_root = workflow_checkout(base / "local", params)
             local = _timed(
                 [*local_command, "--configfile", "params/tiny.yaml"], local_root, local_env
             )
-            cluster_env = {
-                "HOME": os.environ.get("HOME", "/root"),
-                "LANG": "C.UTF-8",
-                "HIERPIPE_MLFLOW": "0",
-                "SLURM_CONF": cluster["SLURM_CONF"],
-                "PATH": f"{venv / 'bin'}:{cluster['SLURMRT_BIN']}:{SYSTEM_PATH}",
-            }
             root = workflow_checkout(base / "cluster", params)
-            command = [
-                str(venv / "bin/snakemake"),
-                "--profile",
-                slurm_profile_copy(root, cluster["SLURMRT_PARTITION"], cluster["SLURMRT_ACCOUNT"]),
-                apptainer_args("--nv", "--cleanenv"),
-                "--configfile",
-                "params/tiny.yaml",
-                "--config",
-                f"container={image}",
-            ]
+            command, cluster_env = slurm_command(root, cluster, venv, image, HIERPIPE_MLFLOW="0")
             through_slurm = _timed(command, root, cluster_env)
     ratio = through_slurm / local
     verdict = "met" if ratio <= TARGET_RATIO else "NOT met"

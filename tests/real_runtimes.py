@@ -130,3 +130,29 @@ def slurm_cluster(cpus: int) -> Iterator[dict[str, str]]:
     finally:
         run_timed([*script, "stop", str(directory)], "stopping SLURM", 300)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def slurm_command(
+    root: Path, cluster: dict[str, str], host_venv: Path, image: Path, *args: str, **environ: str
+) -> tuple[list[str], dict[str, str]]:
+    """README's SLURM command on the tiny params of `root`, from the host virtualenv with the
+    profile as users copy it and the test image bound to the tests' virtualenv; and the login
+    node's environment, plus `environ`."""
+    login_node = {
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "SLURM_CONF": cluster["SLURM_CONF"],
+        "PATH": f"{host_venv / 'bin'}:{cluster['SLURMRT_BIN']}:{SYSTEM_PATH}",
+    }
+    command = [
+        str(host_venv / "bin/snakemake"),
+        *args,
+        "--profile",
+        slurm_profile_copy(root, cluster["SLURMRT_PARTITION"], cluster["SLURMRT_ACCOUNT"]),
+        apptainer_args("--nv", "--cleanenv"),
+        "--configfile",
+        "params/tiny.yaml",
+        "--config",
+        f"container={image}",
+    ]
+    return command, {**login_node, **environ}

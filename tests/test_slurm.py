@@ -25,15 +25,13 @@ from conftest import TINY_PARAMS
 from mlflow import MlflowClient
 from real_runtimes import (
     RUNTIMES,
-    SYSTEM_PATH,
-    apptainer_args,
     build_image,
     host_environment,
     host_virtualenv,
     require_real_runtimes,
     run_timed,
     slurm_cluster,
-    slurm_profile_copy,
+    slurm_command,
     workflow_checkout,
 )
 
@@ -135,27 +133,9 @@ def host_venv(tmp_path_factory) -> Path:
 
 
 def _on_cluster(root, cluster, host_venv, image, *args, tracking_uri=None, **popen):
-    """README's SLURM command from the host virtualenv, the test image bound to the tests'
-    virtualenv; a Popen."""
-    environ = {
-        "HOME": os.environ.get("HOME", "/root"),
-        "LANG": "C.UTF-8",
-        "SLURM_CONF": cluster["SLURM_CONF"],
-        "PATH": f"{host_venv / 'bin'}:{cluster['SLURMRT_BIN']}:{SYSTEM_PATH}",
-    }
-    if tracking_uri is not None:
-        environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    command = [
-        str(host_venv / "bin/snakemake"),
-        *args,
-        "--profile",
-        slurm_profile_copy(root, cluster["SLURMRT_PARTITION"], cluster["SLURMRT_ACCOUNT"]),
-        apptainer_args("--nv", "--cleanenv"),
-        "--configfile",
-        "params/tiny.yaml",
-        "--config",
-        f"container={image}",
-    ]
+    """README's SLURM command (real_runtimes.slurm_command); a Popen."""
+    tracking = {} if tracking_uri is None else {"MLFLOW_TRACKING_URI": tracking_uri}
+    command, environ = slurm_command(root, cluster, host_venv, image, *args, **tracking)
     return subprocess.Popen(command, cwd=root, env=environ, text=True, **popen)
 
 
