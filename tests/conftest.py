@@ -120,3 +120,13 @@ def data_root(tmp_path_factory) -> Path:
     split = SplitConfig(**shapes["split"])
     make_split(root / "shapes", split.name, split.scheme, split.fractions, split.seed)
     return root
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """The `hierpipe` command's error for `argv`: exit status 1 and exactly one line."""
+    from hierpipe.cli import main
+
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import one_line_error
 
 from hierpipe.cli import main
 
@@ -35,21 +36,14 @@ def test_every_verb_has_help(verb, capsys):
     assert "usage: hierpipe" in capsys.readouterr().out
 
 
-def _one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 1
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1, error
-    return error[0]
-
-
 def test_unknown_dataset_is_one_line(capsys, tmp_path):
-    line = _one_line_error(capsys, ["data", "prepare", "imagenet", "--out", str(tmp_path / "x")])
+    line = one_line_error(capsys, ["data", "prepare", "imagenet", "--out", str(tmp_path / "x")])
     assert line.startswith("hierpipe data prepare: error:") and "unknown dataset 'imagenet'" in line
     assert not (tmp_path / "x").exists()
 
 
 def test_unknown_dataset_option_is_named(capsys, tmp_path):
-    line = _one_line_error(
+    line = one_line_error(
         capsys, ["data", "prepare", "shapes", "--out", str(tmp_path), "--option", "colour=red"]
     )
     assert "colour" in line
@@ -57,7 +51,7 @@ def test_unknown_dataset_option_is_named(capsys, tmp_path):
 
 def test_missing_config_is_named(capsys, tmp_path):
     missing = tmp_path / "nope.yaml"
-    line = _one_line_error(
+    line = one_line_error(
         capsys,
         [
             "train",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import one_line_error
 
 from hierpipe.cli import main
 
@@ -48,13 +49,6 @@ def _embeddings(tmp_path: Path, **changes) -> Path:
     path = tmp_path / "model.npz"
     np.savez(path, **arrays)
     return path
-
-
-def _one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def _brute_force_recall_at_1(embedding: np.ndarray, label: np.ndarray) -> float:
@@ -118,7 +112,7 @@ def test_a_structured_npy_file_measures_like_the_npz(tmp_path):
 def test_a_plain_npy_array_is_refused_for_lack_of_labels(tmp_path, capsys):
     np.save(tmp_path / "plain.npy", np.ones((4, 3)))
     argv = ["measure", str(tmp_path / "plain.npy"), "--tree", str(_tree(tmp_path))]
-    line = _one_line_error(capsys, [*argv, "--out-dir", str(tmp_path / "out")])
+    line = one_line_error(capsys, [*argv, "--out-dir", str(tmp_path / "out")])
     assert "a plain array has no labels; expected a structured array" in line
 
 
@@ -142,7 +136,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, change, tree
     path = _embeddings(tmp_path, **change)
     out = tmp_path / "out"
     argv = ["measure", str(path), "--tree", str(_tree(tmp_path, tree)), "--out-dir", str(out)]
-    line = _one_line_error(capsys, argv)
+    line = one_line_error(capsys, argv)
     assert line.startswith("hierpipe measure: error:")
     assert re.search(message, line), line
     assert not out.exists()
@@ -158,4 +152,4 @@ def test_representatives_of_unknown_classes_are_refused(tmp_path, capsys):
     write_parquet_atomic(table, representatives)
     argv = ["measure", str(_embeddings(tmp_path)), "--tree", str(_tree(tmp_path))]
     argv += ["--out-dir", str(tmp_path / "out"), "--representatives", str(representatives)]
-    assert "class_id(s) [9] are not classes of the tree" in _one_line_error(capsys, argv)
+    assert "class_id(s) [9] are not classes of the tree" in one_line_error(capsys, argv)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import timm
 import torch
-from conftest import REPO
+from conftest import REPO, one_line_error
 from http_server import serve_directory
 
 from hierpipe.cli import main
@@ -38,13 +38,6 @@ def _register(monkeypatch, url: str, prefix: str | None) -> None:
     monkeypatch.setitem(catalog.PRETRAINED_WEIGHTS, BACKBONE, source)
 
 
-def _one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 def test_fetched_weights_are_the_backbone_without_its_classifier(tmp_path, published, monkeypatch):
     folder, name, state = published
     out = tmp_path / "weights" / f"{BACKBONE}.pth"
@@ -68,7 +61,7 @@ def test_a_file_whose_sha256_does_not_match_its_name_is_refused(
     out = tmp_path / "weights" / f"{BACKBONE}.pth"
     with serve_directory(folder) as server:
         _register(monkeypatch, f"{server.url}/{name}", "00000000")
-        line = _one_line_error(capsys, ["weights", "fetch", BACKBONE, "--out", str(out)])
+        line = one_line_error(capsys, ["weights", "fetch", BACKBONE, "--out", str(out)])
     assert "does not start with 00000000" in line and "download" in line and "--url" in line
     assert not out.exists()
 
@@ -81,7 +74,7 @@ def test_a_later_download_must_match_the_recorded_sha256(tmp_path, published, mo
     recorded.write_text(f"{'0' * 64}  an earlier source\n")
     with serve_directory(folder) as server:
         _register(monkeypatch, f"{server.url}/{name}", None)
-        line = _one_line_error(capsys, ["weights", "fetch", BACKBONE, "--out", str(out)])
+        line = one_line_error(capsys, ["weights", "fetch", BACKBONE, "--out", str(out)])
     assert f"but {recorded} recorded {'0' * 64}" in line
     assert not out.exists()
 
@@ -94,9 +87,9 @@ def test_a_missing_file_and_an_unknown_backbone_say_how_to_get_the_weights(
     out = str(tmp_path / "weights.pth")
     with serve_directory(empty) as server:
         _register(monkeypatch, f"{server.url}/{BACKBONE}-12345678.pth", "12345678")
-        line = _one_line_error(capsys, ["weights", "fetch", BACKBONE, "--out", out])
+        line = one_line_error(capsys, ["weights", "fetch", BACKBONE, "--out", out])
     assert f"{BACKBONE}-12345678.pth" in line and "by hand and pass it as --url" in line
-    line = _one_line_error(capsys, ["weights", "fetch", "convnext_tiny", "--out", out])
+    line = one_line_error(capsys, ["weights", "fetch", "convnext_tiny", "--out", out])
     assert "no known source of pretrained weights" in line and "--url" in line
 
 
