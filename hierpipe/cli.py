@@ -134,7 +134,7 @@ def _measure(args: argparse.Namespace) -> None:
         curvature=args.curvature,
         seed=args.seed,
     )
-    report_measured(metrics, args.out_dir, args.curvature)
+    report_measured(metrics, args.out_dir)
 
 
 def _fetch_weights(args: argparse.Namespace) -> None:

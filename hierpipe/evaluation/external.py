@@ -30,7 +30,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hierpipe.core.config import BackboneConfig, EvaluateConfig, HeadConfig, RunConfig, SplitConfig
+from hierpipe.core.config import (
+    BackboneConfig,
+    EvaluateConfig,
+    HeadConfig,
+    RunConfig,
+    SplitConfig,
+    write_run_config,
+)
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
 from hierpipe.core.io import write_parquet_atomic
@@ -234,6 +241,8 @@ def measure_embeddings(
         backbone=BackboneConfig(name="external", embedding_dim=embeddings.embedding.shape[1]),
         evaluate=EvaluateConfig(subset=subset, distance=distance),
     )
+    # the run's settings, as a run directory holds them, for the figures
+    write_run_config(config, out_dir / "config.yaml")
     metrics = out_dir / "metrics.json"
     evaluate_run(config, out_dir / "embeddings.parquet", representatives, metrics)
     return metrics

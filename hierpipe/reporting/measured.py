@@ -1,40 +1,53 @@
-"""The tables and the tree figure of embeddings measured by `hierpipe measure`."""
+"""The tables and figures of embeddings measured by `hierpipe measure`: those of a run that
+need neither images nor training, drawn by the run figures' own drawers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
+import pandas as pd
 
-from hierpipe.core.geometry import pairwise_distances
+from hierpipe.core.hierarchy import ClassTree
 from hierpipe.data.tables import read_classes
-from hierpipe.evaluation.embedding_files import read_representatives
-from hierpipe.evaluation.metrics_file import read_metrics
 from hierpipe.reporting.aggregate import aggregate
 from hierpipe.reporting.plots.canvas import save_figure
-from hierpipe.reporting.plots.dendrogram import draw_tree_comparison
+from hierpipe.reporting.plots.plan import Figure
+from hierpipe.reporting.plots.render import DRAWERS, Experiment, Run
+
+# a run's figures that measured embeddings can have: no images, no training log
+MEASURED_FIGURES = ("embedding_map", "tree_comparison", "affinity", "hs_curves")
 
 
-def report_measured(metrics_path: str | Path, out_dir: str | Path, curvature: float) -> None:
-    """summary.md/.csv/.parquet (and the other tables of `hierpipe aggregate`) and
-    figures/tree_comparison.png/.pdf in `out_dir`: the tree the class representatives give,
-    by the measured linkage, beside the true tree."""
+class _MeasuredExperiment(Experiment):
+    """`hierpipe measure`'s output folder as an experiment of one run."""
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__(out_dir)
+        self.only = Run(out_dir)
+
+    def run(self, dataset: str, run_id: str) -> Run:
+        return self.only
+
+    def dataset(self, run: Run) -> tuple[pd.DataFrame, ClassTree]:
+        return pd.DataFrame(), read_classes(self.results)
+
+
+def report_measured(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """summary.md/.csv/.parquet (and the other tables of `hierpipe aggregate`) and, under
+    `out_dir`/figures, the run figures of MEASURED_FIGURES; returns the figure files."""
     out_dir = Path(out_dir)
     aggregate([metrics_path], out_dir)
-    tree = read_classes(out_dir)
-    representatives = read_representatives(out_dir / "representatives.parquet")
-    kind = representatives["kind"].iloc[0]
-    chosen = representatives[representatives["kind"] == kind].sort_values("class_id")
-    if len(chosen) != tree.num_classes or tree.num_classes < 2:
-        return  # a tree figure needs every class's representative
-    vectors = torch.from_numpy(np.stack(chosen["vector"].to_numpy()).astype(np.float64))
-    metric = "poincare" if kind == "ball_prototype" else "chord"
-    distances = pairwise_distances(
-        vectors, vectors, metric, curvature if metric == "poincare" else None
-    ).numpy()
-    np.fill_diagonal(distances, 0.0)
-    rf = read_metrics(metrics_path)["metrics"].get(f"hierarchy/{kind}/norm_rf")
-    title = f"{kind} vs the true tree: RF {'n/a' if rf is None else f'{rf:.3f}'}"
-    figure = draw_tree_comparison(distances, tree, title=title)
-    save_figure(figure, out_dir / "figures" / "tree_comparison")
+    experiment = _MeasuredExperiment(out_dir)
+    config = experiment.only.config
+    written = []
+    for kind in MEASURED_FIGURES:
+        figure = Figure(
+            kind,
+            config.dataset,
+            f"figures/{kind}",
+            config.model,
+            config.option,
+            (config.run_id,),
+        )
+        written += save_figure(DRAWERS[kind](experiment, figure), out_dir / figure.stem)
+    return written

@@ -80,9 +80,13 @@ class Run:
 
     @cached_property
     def class_kind(self) -> str:
-        """`proxy` when the model has class proxies, else `prototype`."""
+        """`proxy` when the model has class proxies, else `prototype`, or `ball_prototype`
+        for embeddings measured in the ball, which have only those."""
         kinds = set(self.representatives["kind"])
-        return "proxy" if "proxy" in kinds else "prototype"
+        for kind in ("proxy", "prototype"):
+            if kind in kinds:
+                return kind
+        return "ball_prototype"
 
     def vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(class ids, vectors) of one kind of representative, by class id."""
@@ -176,7 +180,9 @@ KIND_NAMES = {
 def _embedding_map(experiment: Experiment, figure: Figure) -> Any:
     run = _first_run(experiment, figure)
     _, tree = experiment.dataset(run)
-    train = run.subset("train")
+    # measured embeddings may have no training split: the evaluated subset stands in
+    subset = "train" if run.subset("train").any() else run.config.evaluate.subset
+    train = run.subset(subset)
     space = run.config.head.space
     # in the ball the classes are drawn as their gyromidpoints, the points HIER's proxies
     # are judged against; elsewhere as the representatives evaluation used
@@ -193,7 +199,10 @@ def _embedding_map(experiment: Experiment, figure: Figure) -> Any:
         space=space,
         curvature=run.config.head.curvature if space == "poincare" else None,
         hier_proxies=proxies,
-        title=_title(figure, f"training embeddings and {KIND_NAMES[kind]}"),
+        title=_title(
+            figure,
+            f"{'training' if subset == 'train' else subset} embeddings and {KIND_NAMES[kind]}",
+        ),
         seed=run.config.seed,
     )
 
