@@ -192,9 +192,9 @@ def test_a_question_naming_an_unknown_model_is_refused():
 
 def test_a_question_naming_an_unknown_measure_is_refused():
     question = {"name": "q", "treatment": {"model": "pa"}, "control": {"model": "pa"}}
-    params = {"models": {"pa": {}}, "comparisons": [{**question, "measures": ["retrieval/ndcg"]}]}
+    params = {"models": {"pa": {}}, "comparisons": [{**question, "measures": ["retrieval/mrr"]}]}
     with pytest.raises(
-        HierpipeError, match=r"comparisons\[0\] \('q'\): measures: unknown measure 'retrieval/ndcg'"
+        HierpipeError, match=r"comparisons\[0\] \('q'\): measures: unknown measure 'retrieval/mrr'"
     ):
         questions_from_params(params)
 

@@ -48,5 +48,5 @@ def test_labels_fill_in_numbers_and_the_kind(measure, label):
 
 
 def test_an_unknown_measure_fails_naming_it():
-    with pytest.raises(HierpipeError, match=r"unknown measure 'retrieval/ndcg'; known measures"):
-        catalog.measure_direction("retrieval/ndcg")
+    with pytest.raises(HierpipeError, match=r"unknown measure 'retrieval/mrr'; known measures"):
+        catalog.measure_direction("retrieval/mrr")

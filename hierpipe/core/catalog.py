@@ -232,6 +232,9 @@ MEASURES: dict[str, Measure] = {
     "hs@{k}": Measure("HS@{k}", 1),
     "ahs": Measure("AHS", 1),
     "ahs_k": Measure("AHS depth", 0),
+    "h_ap": Measure("H-AP", 1),
+    "asi": Measure("ASI", 1),
+    "ndcg": Measure("NDCG", 1),
     # class representatives against the true tree
     "classwise_spearman": Measure("classwise rho", 1),
     "classwise_spearman_p": Measure("classwise rho p-value", 0),

@@ -140,6 +140,11 @@ class EvaluateConfig:
     # ProxyDR's code by default (docs/methods/classification_measures.md, hierarchy_measures.md)
     calibration_bins: str = "public_code"
     tree_linkage: str = "wpgma"
+    # H-AP's relevance of a shared depth l: (l / L) ** relevance_alpha, divided by the number
+    # of references at that depth with the population schedule, HAPPIER's default
+    # (docs/methods/hierarchical_ranking_measures.md)
+    relevance_schedule: str = "population"
+    relevance_alpha: float = 1.0
 
 
 @dataclass(frozen=True)

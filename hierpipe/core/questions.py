@@ -20,6 +20,7 @@ DEFAULT_MEASURES = (
     "retrieval/recall@1",
     "retrieval/map@r",
     "retrieval/ahs",
+    "retrieval/h_ap",
     "hierarchy/proxy/classwise_spearman",
     "hierarchy/prototype/classwise_spearman",
     "hierarchy/prototype/elementwise_spearman",

@@ -34,6 +34,7 @@ from hierpipe.evaluation.metrics import (
     calibration_errors,
     classwise_spearman,
     elementwise_spearman,
+    hierarchical_ranking_metrics,
     hierarchical_similarity_at_k,
     hp_at_k,
     induced_tree_measures,
@@ -72,7 +73,7 @@ def evaluate_run(
 
     metrics: dict[str, float] = {}
     metrics.update(_classification(config, embeddings, subset, representatives, tree, tree_dist))
-    metrics.update(_retrieval(config, embeddings, subset, tree_dist))
+    metrics.update(_retrieval(config, embeddings, subset, tree, tree_dist))
     for kind, group in representatives.groupby("kind", sort=True):
         if kind == "hier_proxy":  # not one per class: judged by the tree they induce, below
             continue
@@ -181,9 +182,14 @@ def _classification(
 
 
 def _retrieval(
-    config: RunConfig, embeddings: Embeddings, subset: np.ndarray, tree_dist: np.ndarray
+    config: RunConfig,
+    embeddings: Embeddings,
+    subset: np.ndarray,
+    tree: ClassTree,
+    tree_dist: np.ndarray,
 ) -> dict[str, float]:
-    """Flat retrieval and hierarchical similarity (HS@k, AHS).
+    """Flat retrieval, hierarchical similarity (HS@k, AHS) and hierarchical ranking (H-AP,
+    ASI, NDCG).
 
     Each item of the evaluation subset queries the rest of it, or, with `evaluate.gallery`
     (In-shop), the items of the gallery subset, none of which is a query (no
@@ -209,6 +215,18 @@ def _retrieval(
         None if reference is None else reference_labels,
         ks=settings.retrieval_ks,
         **space,
+    )
+    metrics.update(
+        hierarchical_ranking_metrics(
+            queries,
+            labels,
+            tree,
+            reference,
+            None if reference is None else reference_labels,
+            relevance=settings.relevance_schedule,
+            alpha=settings.relevance_alpha,
+            **space,
+        )
     )
     self_excluded = reference is None
     # HS@k needs k neighbours besides the query itself: small sets cap the depth

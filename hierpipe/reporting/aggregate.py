@@ -80,6 +80,9 @@ SECTIONS = {
         "retrieval/map@r",
         "retrieval/hs@1",
         "retrieval/ahs",
+        "retrieval/h_ap",
+        "retrieval/asi",
+        "retrieval/ndcg",
     ),
 }
 

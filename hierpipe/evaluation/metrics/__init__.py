@@ -5,6 +5,7 @@ from hierpipe.evaluation.metrics.classification import (
     level_accuracy,
     topk_accuracy,
 )
+from hierpipe.evaluation.metrics.hierarchical_ranking import hierarchical_ranking_metrics
 from hierpipe.evaluation.metrics.hierarchy import (
     ahd_at_k,
     ahs,
@@ -34,6 +35,7 @@ __all__ = [
     "class_tree_robinson_foulds",
     "classwise_spearman",
     "elementwise_spearman",
+    "hierarchical_ranking_metrics",
     "hierarchical_similarity_at_k",
     "hp_at_k",
     "induced_tree_measures",

@@ -59,18 +59,23 @@ class Closeness:
         self._query_fast = query.to(self.search_dtype)
         self._reference_fast = reference.to(self.search_dtype)
 
-    def block(self, rows: slice, columns: slice) -> torch.Tensor:
-        """Keys (rows x columns) in the search precision (float32 for float64 input)."""
-        x, y = self._query_fast[rows], self._reference_fast[columns]
+    def block(self, rows: slice, columns: slice, precise: bool = False) -> torch.Tensor:
+        """Keys (rows x columns) in the search precision (float32 for float64 input), or with
+        ``precise`` in the exact precision, through the same Gram form."""
+        dtype = self.dtype if precise else self.search_dtype
+        if precise:
+            x, y = self.query[rows], self.reference[columns]
+        else:
+            x, y = self._query_fast[rows], self._reference_fast[columns]
         products = x @ y.T
         if self.on_sphere:
             return products
-        x2 = self.query_norms[rows].to(self.search_dtype).square()
-        y2 = self.reference_norms[columns].to(self.search_dtype).square()
+        x2 = self.query_norms[rows].to(dtype).square()
+        y2 = self.reference_norms[columns].to(dtype).square()
         keys = products.mul_(2).sub_(x2[:, None]).sub_(y2[None, :])
         if self.query_scale is not None:
-            keys.mul_(self.query_scale[rows].to(self.search_dtype)[:, None])
-            keys.mul_(self.reference_scale[columns].to(self.search_dtype)[None, :])
+            keys.mul_(self.query_scale[rows].to(dtype)[:, None])
+            keys.mul_(self.reference_scale[columns].to(dtype)[None, :])
         return keys
 
     def block_margins(self, rows: slice, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:

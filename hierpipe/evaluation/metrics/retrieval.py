@@ -27,7 +27,7 @@ def _embeddings(name: str, x: Array, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
-def _search_space(
+def search_space(
     query: Array,
     reference: Array | None,
     distance: str,
@@ -55,6 +55,29 @@ def _search_space(
         check_in_ball("query", q, curvature)
         check_in_ball("reference", ref, curvature)
     return q, ref
+
+
+def search_labels(
+    query_labels: Array,
+    reference_labels: Array | None,
+    q: torch.Tensor,
+    ref: torch.Tensor,
+    self_reference: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated int64 labels of the queries and of the references (the queries' own
+    when the query set is its own reference), on the embeddings' device."""
+    q_labels = check_labels("query_labels", as_tensor("query_labels", query_labels), len(q))
+    q_labels = q_labels.to(q.device)
+    if self_reference:
+        if reference_labels is not None:
+            raise HierpipeError("reference_labels: expected None when reference is None")
+        return q_labels, q_labels
+    if reference_labels is None:
+        raise HierpipeError("reference_labels: expected labels when reference is given")
+    ref_labels = check_labels(
+        "reference_labels", as_tensor("reference_labels", reference_labels), len(ref)
+    )
+    return q_labels, ref_labels.to(q.device)
 
 
 def _neighbour_chunks(
@@ -95,7 +118,7 @@ def nearest_neighbours(
     chunking and ``dtype`` as in ``retrieval_metrics``; the order among equally distant
     references is unspecified.
     """
-    q, ref = _search_space(query, reference, distance, curvature, chunk_size, dtype)
+    q, ref = search_space(query, reference, distance, curvature, chunk_size, dtype)
     self_reference = reference is None
     k = check_int("k", k, 1)
     available = len(ref) - int(self_reference)
@@ -141,20 +164,9 @@ def retrieval_metrics(
     each block serves both its rows and, transposed, its columns, so every pair is computed
     once.
     """
-    q, ref = _search_space(query, reference, distance, curvature, chunk_size, dtype)
-    q_labels = check_labels("query_labels", as_tensor("query_labels", query_labels), len(q))
-    q_labels = q_labels.to(q.device)
+    q, ref = search_space(query, reference, distance, curvature, chunk_size, dtype)
     self_reference = reference is None
-    if self_reference:
-        if reference_labels is not None:
-            raise HierpipeError("reference_labels: expected None when reference is None")
-        ref_labels = q_labels
-    else:
-        if reference_labels is None:
-            raise HierpipeError("reference_labels: expected labels when reference is given")
-        ref_labels = check_labels(
-            "reference_labels", as_tensor("reference_labels", reference_labels), len(ref)
-        ).to(q.device)
+    q_labels, ref_labels = search_labels(query_labels, reference_labels, q, ref, self_reference)
     ks = check_ks(ks)
 
     # Sorted by label, a query's relevant references are one contiguous run, and the
@@ -211,7 +223,7 @@ def _measures(
     return {name: value.mean().item() for name, value in zip(names, values, strict=True)}
 
 
-def _entries_at_least(
+def entries_at_least(
     keys: torch.Tensor, floor: torch.Tensor, queries_along_columns: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(query, reference) indices of the entries of ``keys`` at least their query's
@@ -310,7 +322,7 @@ class _CloserCounts:
         reference_start; queries are its rows, or its columns if ``queries_along_columns``),
         whose entries are within ``margin`` (one per query) of their exact value."""
         floor = self.search_floor[query_start : query_start + len(margin)] - margin
-        query, reference = _entries_at_least(keys, floor, queries_along_columns)
+        query, reference = entries_at_least(keys, floor, queries_along_columns)
         if len(query) == 0:
             return
         value = keys[reference, query] if queries_along_columns else keys[query, reference]
