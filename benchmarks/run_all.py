@@ -4,6 +4,7 @@ Each benchmark measures its own baseline in the same run and prints figures and 
 script shows them in turn, then repeats the verdict lines (targets met or not) together.
 The pipeline wall-time benchmark takes about 6 minutes on 2 cores, the SOP-scale retrieval
 one a few; `--skip` leaves some out. Usage: python benchmarks/run_all.py [--skip NAME ...]
+gpu_check.py is not among them: it is the CUDA check, run alone on a GPU machine.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -47,22 +48,37 @@ def export_embeddings(
     net = trained.net.to(device).eval()
     objective = trained.objective.to(device).eval() if trained.objective is not None else None
     classifier = objective.loss if objective is not None and objective.classifies else None
-    embedding_parts, logit_parts = [], []
-    for images, _, _ in DataLoader(dataset, batch_size=batch_size):
-        embeddings = net(images.to(device)).float()
-        embedding_parts.append(embeddings.cpu())
-        if classifier is not None:
-            logit_parts.append(classifier.logits(embeddings).cpu())
+    batches = (images for images, _, _ in DataLoader(dataset, batch_size=batch_size))
+    embedding, logits = embed_batches(net, classifier, batches, device)
     embeddings = Embeddings(
         sample_id=table["sample_id"].to_numpy(),
         split=table["subset"].to_numpy(),
         label=table["label"].to_numpy(),
-        embedding=torch.cat(embedding_parts).numpy(),
-        logits=torch.cat(logit_parts).numpy() if logit_parts else None,
+        embedding=embedding.numpy(),
+        logits=logits.numpy() if logits is not None else None,
         classifier_class_ids=trained.class_ids if classifier is not None else None,
     )
     write_embeddings(embeddings, embeddings_path)
     write_parquet_atomic(representatives(trained, embeddings), representatives_path)
+
+
+@torch.no_grad()
+def embed_batches(
+    net: torch.nn.Module,
+    classifier: torch.nn.Module | None,
+    batches: Iterable[torch.Tensor],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The float32 embeddings (and the classifier's logits) of batches of images, on the
+    host; ``net`` (and the classifier) in eval mode on ``device``."""
+    embedding_parts, logit_parts = [], []
+    for images in batches:
+        embeddings = net(images.to(device)).float()
+        embedding_parts.append(embeddings.cpu())
+        if classifier is not None:
+            logit_parts.append(classifier.logits(embeddings).cpu())
+    logits = torch.cat(logit_parts) if logit_parts else None
+    return torch.cat(embedding_parts), logits
 
 
 def representatives(trained: TrainedModel, embeddings: Embeddings) -> pa.Table:

@@ -272,42 +272,16 @@ def _train_epoch(
                 module.eval()
     sums: dict[str, float] = {}
     count = 0
-    scaler = accelerator.scaler
     batches = _batches(config, data, epoch, accelerator.pin_memory)
     skipped = 0
     for step, (images, labels, _) in enumerate(batches):
-        images, labels = accelerator.images(images), labels.to(accelerator.device)
-        with accelerator.autocast():
-            embeddings = net(images)
-        # losses stay in float32 even under autocast
-        value = objective(embeddings.float(), labels)
         where = f"{config.run_id}: epoch {epoch + 1}, step {step + 1}"
-        optimizer.zero_grad(set_to_none=True)
-        problem = None if torch.isfinite(value) else _nonfinite_loss(config, objective, value)
-        if problem is None:
-            scaler.scale(value).backward()
-            scaler.unscale_(optimizer)
-            # float16's scaler skips steps whose gradients overflowed by itself
-            problem = None if scaler.is_enabled() else _nonfinite_gradient(optimizer)
-        if problem is not None:
-            if config.train.on_nonfinite == "stop":
-                raise HierpipeError(
-                    f"{where}: {problem}; the last good checkpoint is kept (set "
-                    "train.on_nonfinite: skip to skip such steps)"
-                )
-            log.warning("%s: %s; step skipped", where, problem)
-            optimizer.zero_grad(set_to_none=True)
+        value = train_step(
+            config, net, objective, optimizer, options, accelerator, images, labels, where
+        )
+        if value is None:
             skipped += 1
             continue
-        if config.train.grad_clamp is not None:
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.grad.clamp_(-config.train.grad_clamp, config.train.grad_clamp)
-        for option in options:
-            option.on_batch(embeddings.detach().float(), labels)
-        scaler.step(optimizer)
-        scaler.update()
         values = {"train_loss": value.item(), **_regularizer_values(objective)}
         for key, item in values.items():
             sums[key] = sums.get(key, 0.0) + item * len(labels)
@@ -321,6 +295,53 @@ def _train_epoch(
     if config.train.on_nonfinite == "skip":
         means["skipped_steps"] = float(skipped)
     return means
+
+
+def train_step(
+    config: RunConfig,
+    net: EmbeddingNet,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    options: list,
+    accelerator: Accelerator,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    where: str,
+) -> torch.Tensor | None:
+    """One optimisation step on a batch (host tensors); returns the loss, or None when the
+    step was skipped for a non-finite loss or gradients (train.on_nonfinite: skip)."""
+    images, labels = accelerator.images(images), labels.to(accelerator.device)
+    with accelerator.autocast():
+        embeddings = net(images)
+    # losses stay in float32 even under autocast
+    value = objective(embeddings.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler = accelerator.scaler
+    problem = None if torch.isfinite(value) else _nonfinite_loss(config, objective, value)
+    if problem is None:
+        scaler.scale(value).backward()
+        scaler.unscale_(optimizer)
+        # float16's scaler skips steps whose gradients overflowed by itself
+        problem = None if scaler.is_enabled() else _nonfinite_gradient(optimizer)
+    if problem is not None:
+        if config.train.on_nonfinite == "stop":
+            raise HierpipeError(
+                f"{where}: {problem}; the last good checkpoint is kept (set "
+                "train.on_nonfinite: skip to skip such steps)"
+            )
+        log.warning("%s: %s; step skipped", where, problem)
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    if config.train.grad_clamp is not None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.clamp_(-config.train.grad_clamp, config.train.grad_clamp)
+    for option in options:
+        option.on_batch(embeddings.detach().float(), labels)
+    scaler.step(optimizer)
+    scaler.update()
+    return value.detach()
 
 
 def _regularizer_values(objective: Objective) -> dict[str, float]:
