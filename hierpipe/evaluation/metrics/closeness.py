@@ -9,10 +9,11 @@ product serves both a block of queries and, transposed, the block of references 
 - ``poincare``: ``-||x - y||^2 / ((1 - c||x||^2)(1 - c||y||^2))``, the argument of the
   Poincaré distance's ``asinh`` squared (``geometry.poincare_cdist``).
 
-Blocks are computed in float32 through the Gram form ``||x||^2 + ||y||^2 - 2<x, y>``, which
-loses digits on near pairs; ``exact`` recomputes chosen pairs in the requested precision
-from coordinate differences, and ``block_margins`` bound the float32 error so that only
-pairs within the bound of a decision need that recomputation.
+Blocks are computed in float32 through the Gram form ``||x||^2 + ||y||^2 - 2<x, y>`` (one
+matrix product of augmented vectors), which loses digits on near pairs; ``exact`` recomputes
+chosen pairs in the requested precision from coordinate differences, and ``block_margins``
+bound the float32 error so that only pairs within the bound of a decision need that
+recomputation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 # pairs per exact recomputation, to bound its (pairs x D) memory
-_EXACT_CHUNK = 16384
+_EXACT_CHUNK = 4096
 
 
 class Closeness:
@@ -50,33 +51,41 @@ class Closeness:
             )
         else:
             self.query_scale = self.reference_scale = None
-        # Rounding error of a float32 key: the dot product of D terms and the conversion cost
-        # about (D + 2) units of rounding times |x||y|; the Gram form and the scales add a few
-        # more, all below 4 (D + 8) u (|x| + |y|)^2 s_x s_y. Zero when blocks are exact.
+        # Each key is one dot product of augmented vectors, so a block is one matrix product:
+        # x' = [2 s_x x, -s_x ||x||^2, -s_x] and y' = [s_y y, s_y, s_y ||y||^2] give
+        # s_x s_y (2 <x, y> - ||x||^2 - ||y||^2) (s = 1 but for poincare); on the sphere x, y.
+        # Rounding error of a float32 key: the dot product of D + 2 terms and the conversion
+        # of its inputs, below (D + 6) u (|x| + |y|)^2 s_x s_y, inside the margin's
+        # 4 (D + 8) u (|x| + |y|)^2 s_x s_y. Zero when blocks are exact.
         unit = torch.finfo(self.search_dtype).eps / 2
         exact_blocks = self.search_dtype == self.dtype
         self._error_unit = 0.0 if exact_blocks else 4 * (query.shape[1] + 8) * unit
-        self._query_fast = query.to(self.search_dtype)
-        self._reference_fast = reference.to(self.search_dtype)
+        self._query_fast = self._augmented(True).to(self.search_dtype)
+        self._reference_fast = self._augmented(False).to(self.search_dtype)
+        self._precise: tuple[torch.Tensor, torch.Tensor] | None = None  # made on first use
+
+    def _augmented(self, query: bool) -> torch.Tensor:
+        """The query's or the reference's rows of the one matrix product that gives the keys
+        (see __init__), in the exact precision."""
+        points = self.query if query else self.reference
+        if self.on_sphere:
+            return points
+        scale = self.query_scale if query else self.reference_scale
+        squared = points.double().pow(2).sum(1, keepdim=True).to(points.dtype)
+        ones = torch.ones_like(squared)
+        parts = [2 * points, -squared, -ones] if query else [points, ones, squared]
+        augmented = torch.cat(parts, dim=1)
+        return augmented if scale is None else augmented * scale[:, None]
 
     def block(self, rows: slice, columns: slice, precise: bool = False) -> torch.Tensor:
         """Keys (rows x columns) in the search precision (float32 for float64 input), or with
-        ``precise`` in the exact precision, through the same Gram form."""
-        dtype = self.dtype if precise else self.search_dtype
+        ``precise`` in the exact precision, from the same augmented vectors."""
         if precise:
-            x, y = self.query[rows], self.reference[columns]
-        else:
-            x, y = self._query_fast[rows], self._reference_fast[columns]
-        products = x @ y.T
-        if self.on_sphere:
-            return products
-        x2 = self.query_norms[rows].to(dtype).square()
-        y2 = self.reference_norms[columns].to(dtype).square()
-        keys = products.mul_(2).sub_(x2[:, None]).sub_(y2[None, :])
-        if self.query_scale is not None:
-            keys.mul_(self.query_scale[rows].to(dtype)[:, None])
-            keys.mul_(self.reference_scale[columns].to(dtype)[None, :])
-        return keys
+            if self._precise is None:
+                self._precise = (self._augmented(True), self._augmented(False))
+            query, reference = self._precise
+            return query[rows] @ reference[columns].T
+        return self._query_fast[rows] @ self._reference_fast[columns].T
 
     def block_margins(self, rows: slice, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds on the error of ``block(rows, columns)``: one per row (over the block's

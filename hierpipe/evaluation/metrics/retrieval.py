@@ -251,8 +251,8 @@ def entries_at_least(
 
 class _RelevantKeys:
     """Each query's relevant references (same label, self excluded): ``counts`` (N,) and
-    their exact closeness keys, nearest first, ``keys`` (N, max R), padded with +inf.
-    Labels must be sorted."""
+    their exact closeness keys, nearest first, ``keys`` (N, max R), padded with +inf, and
+    their negatives ``negated_keys``, ascending, padded with +inf. Labels must be sorted."""
 
     def __init__(
         self,
@@ -280,6 +280,8 @@ class _RelevantKeys:
         keys = padded.sort(dim=1, descending=True).values
         empty = torch.arange(width, device=device)[None, :] >= run[:, None]
         self.keys = keys.masked_fill_(empty, float("inf"))
+        # ascending, the padding (+inf) still last
+        self.negated_keys = keys.neg().masked_fill_(empty, float("inf"))
 
 
 def _position_in_run(run: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
@@ -297,6 +299,10 @@ class _CloserCounts:
     filtered by one comparison per query against its ``floor``: the farthest relevant
     reference that is still within rank R, or the nearest one while its rank can still
     decide a Recall@k (k <= max_k); past both, the query is done (floor +inf).
+
+    An irrelevant reference is closer than a suffix of its query's relevant references, so
+    each is counted once, at the first of them (``_first_closer``, (N, max R + 1); the last
+    column counts those closer than none), and ``closer`` is its running sum.
     """
 
     def __init__(self, closeness: Closeness, relevant: _RelevantKeys, max_k: int) -> None:
@@ -304,11 +310,21 @@ class _CloserCounts:
         self.relevant = relevant
         self.max_k = max_k
         n, width = relevant.keys.shape
-        self.closer = torch.zeros(n, width, dtype=torch.int32, device=relevant.keys.device)
-        self.position = torch.arange(1, width + 1, device=relevant.keys.device)
+        device = relevant.keys.device
+        self._first_closer = torch.zeros(n * (width + 1), dtype=torch.int64, device=device)
+        self._touched = torch.zeros(n, dtype=torch.bool, device=device)
+        self.position = torch.arange(1, width + 1, device=device)
         self.floor = relevant.keys.new_empty(n)
         self.search_floor = self.floor.new_empty(n, dtype=closeness.search_dtype)
-        self._update(torch.arange(n, device=relevant.keys.device))
+        self._update(torch.arange(n, device=device))
+
+    @property
+    def closer(self) -> torch.Tensor:
+        return self._closer_of(slice(None))
+
+    def _closer_of(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        n, width = self.relevant.keys.shape
+        return self._first_closer.view(n, width + 1)[rows, :width].cumsum(dim=1)
 
     def add(
         self,
@@ -329,21 +345,41 @@ class _CloserCounts:
         value = value.to(self.relevant.keys.dtype)
         pair_margin = margin[query].to(value.dtype)[:, None]
         query, reference = query + query_start, reference + reference_start
-        thresholds = self.relevant.keys[query]
-        gap = value[:, None] - thresholds
-        closer = gap > pair_margin
-        unsure = torch.nonzero((gap.abs() <= pair_margin).any(dim=1)).squeeze(1)
+        count = self._place(query, reference, value, pair_margin)
+        width = self.relevant.keys.shape[1]
+        first = query * (width + 1) + self.relevant.counts[query] - count
+        self._first_closer.index_add_(0, first, torch.ones_like(first))
+        self._touched[query] = True
+        rows = torch.nonzero(self._touched).squeeze(1)
+        self._touched[rows] = False
+        self._update(rows)
+
+    def _place(
+        self,
+        query: torch.Tensor,
+        reference: torch.Tensor,
+        value: torch.Tensor,
+        margin: torch.Tensor,
+    ) -> torch.Tensor:
+        """How many of its query's relevant references each entry is closer than; entries
+        within ``margin`` of a relevant key are decided by their exact key."""
+        # relevant keys ascending (negated), so that counts are binary searches
+        ascending = self.relevant.negated_keys[query]
+        below = torch.searchsorted(ascending, margin - value[:, None], right=True).squeeze(1)
+        count = self.relevant.counts[query] - below
+        within = torch.searchsorted(ascending, -margin - value[:, None]).squeeze(1)
+        unsure = torch.nonzero(within < below).squeeze(1)
         if len(unsure):
             exact = self.closeness.exact(query[unsure], reference[unsure])
-            closer[unsure] = exact[:, None] > thresholds[unsure]
-        self.closer.index_add_(0, query, closer.int())
-        self._update(torch.unique(query))
+            count[unsure] = (exact[:, None] > self.relevant.keys[query[unsure]]).sum(dim=1)
+        return count
 
     def _update(self, rows: torch.Tensor) -> None:
         keys = self.relevant.keys[rows]
         r = self.relevant.counts[rows]
-        first_rank = 1 + self.closer[rows, 0]
-        within_r = (self.position + self.closer[rows] <= r[:, None]).sum(dim=1)
+        closer = self._closer_of(rows)
+        first_rank = 1 + closer[:, 0]
+        within_r = (self.position + closer <= r[:, None]).sum(dim=1)
         floor = keys.gather(1, (within_r - 1).clamp(min=0)[:, None]).squeeze(1)
         done = (first_rank > self.max_k) & (first_rank > r)
         self.floor[rows] = floor.masked_fill(done, float("inf"))
