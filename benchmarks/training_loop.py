@@ -5,13 +5,15 @@ Both train the default experiment's softmax model (resnet10t, 64-d sphere head, 
 is the baseline measured in the same run: the same dataset object, network and loss, a
 shuffled DataLoader, forward, backward, step. hierpipe adds what a real run needs: finite
 loss and gradient checks, per-epoch checkpoints, the kept best state, the training log.
-Target (issue: hardening): hierpipe at least 0.95 of the bare loop's images per second.
-Usage: python benchmarks/training_loop.py [--epochs 6] [--threads 1]
+Target (issue: speed): hierpipe at least 0.97 of the bare loop's images per second.
+Each is run `--repeats` times, alternating, and timed by its fastest run.
+Usage: python benchmarks/training_loop.py [--epochs 6] [--threads 1] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -27,7 +29,7 @@ from hierpipe.train.artifacts import build_network
 from hierpipe.train.engine import load_training_data, seed_everything, train_run
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_RATIO = 0.95
+TARGET_RATIO = 0.97
 
 
 def _params() -> dict:
@@ -80,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated runs of each")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="hierpipe-bench-") as tmp:
@@ -90,8 +93,11 @@ def main() -> None:
         make_split(root / "shapes", split.name, split.scheme, split.fractions, split.seed)
         config = _run_config(root, args.epochs)
         images = len(load_training_data(config).train) * args.epochs
-        bare = _bare_loop(config)
-        ours = _hierpipe(config, root / "run")
+        # alternated, and the fastest of each kept: a shared machine's drift hits both alike
+        bare, ours = math.inf, math.inf
+        for repeat in range(args.repeats):
+            bare = min(bare, _bare_loop(config))
+            ours = min(ours, _hierpipe(config, root / f"run{repeat}"))
     # the bare loop drops the last partial batch, as hierpipe does for this batch size
     bare_rate, our_rate = images / bare, images / ours
     ratio = our_rate / bare_rate
