@@ -78,6 +78,24 @@ def test_npz_embeddings_and_a_csv_tree(tmp_path):
             assert (out / "figures" / f"{kind}.{extension}").stat().st_size > 0, kind
 
 
+def test_embeddings_in_the_poincare_ball(tmp_path):
+    """Ball embeddings: their gyromidpoints stand for the classes, every figure is drawn."""
+    arrays = np.load(_embeddings(tmp_path))
+    unit = arrays["embedding"] / np.linalg.norm(arrays["embedding"], axis=1, keepdims=True)
+    path = tmp_path / "ball.npz"
+    np.savez(path, embedding=2.0 * unit, label=arrays["label"])  # radius 1/sqrt(0.1) = 3.16
+    out = tmp_path / "out"
+    argv = ["measure", str(path), "--tree", str(_tree(tmp_path)), "--out-dir", str(out)]
+    assert main([*argv, "--distance", "poincare"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    # classes placed as the tree nests them: the gyromidpoints' tree is the true tree
+    assert metrics["hierarchy/ball_prototype/rf"] == 0
+    assert not any(name.startswith("hierarchy/prototype/") for name in metrics)
+    assert 0 < metrics["retrieval/h_ap"] <= 1
+    for kind in ("embedding_map", "tree_comparison", "affinity", "hs_curves"):
+        assert (out / "figures" / f"{kind}.png").stat().st_size > 0, kind
+
+
 def test_parquet_embeddings_with_a_split_measure_the_chosen_subset(tmp_path):
     arrays = np.load(_embeddings(tmp_path))
     split = np.where(np.arange(24) % 4 < 2, "query", "rest")
