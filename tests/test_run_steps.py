@@ -37,6 +37,24 @@ def _state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_that_cannot_be_written_stops_the_run(
+    tiny_params, data_root, tmp_path, monkeypatch
+):
+    # checkpoints are written on a background thread: its error reaches the run, once
+    def disk_full(payload, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(engine, "save_torch_atomic", disk_full)
+    config = _config(tiny_params, data_root, epochs=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    assert not (tmp_path / "model.pt").exists()
+    monkeypatch.undo()
+    # the error does not outlive its run: the next one trains and writes its model
+    train_run(config, tmp_path / "model.pt", tmp_path / "log.parquet", tmp_path / "ckpt")
+    assert (tmp_path / "model.pt").is_file()
+
+
 @pytest.mark.parametrize(
     ("model", "option"),
     [

@@ -193,8 +193,9 @@ def _train_run(
             )
     finally:
         # a run that stops on an error still leaves its last checkpoint complete
-        _CHECKPOINTS.join()
-    _CHECKPOINTS.wait()
+        write_error = _CHECKPOINTS.finish()
+    if write_error is not None:
+        raise write_error
     best_is_last = state["best_net"] is None
     save_model(
         model_path,
@@ -487,38 +488,35 @@ def _save_checkpoint(
 class _BackgroundWriter:
     """Writes each checkpoint on a thread of its own, so that the next epoch trains while the
     last one is serialised and synced (a few percent of a small model's epoch). One write at a
-    time; a failed write raises at the next write or wait. The thread is not a daemon, so a
-    run that stops on an error still finishes its last write; a killed one leaves the previous
-    checkpoint in place (save_torch_atomic)."""
+    time. The thread is not a daemon, so a run that stops on an error still finishes its last
+    write; a killed one leaves the previous checkpoint in place (save_torch_atomic)."""
 
     def __init__(self) -> None:
         self._pending: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def write(self, payload: dict, path: Path) -> None:
-        """Start writing ``payload`` (which nothing else may change) to ``path``."""
-        self.wait()
+        """Start writing ``payload`` (which nothing else may change) to ``path``, once the
+        previous write is done; raise that write's error, if it failed."""
+        error = self.finish()
+        if error is not None:
+            raise error
         self._pending = threading.Thread(target=self._save, args=(payload, path))
         self._pending.start()
 
     def _save(self, payload: dict, path: Path) -> None:
         try:
             save_torch_atomic(payload, path)
-        except BaseException as error:  # raised in the training thread by wait()
+        except BaseException as error:  # handed to the training thread by finish()
             self._error = error
 
-    def join(self) -> None:
-        """Let the pending write finish."""
+    def finish(self) -> BaseException | None:
+        """Let the pending write finish; return (and forget) the error of a failed one."""
         if self._pending is not None:
             self._pending.join()
             self._pending = None
-
-    def wait(self) -> None:
-        """Let the pending write finish; raise if a write failed."""
-        self.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        error, self._error = self._error, None
+        return error
 
 
 _CHECKPOINTS = _BackgroundWriter()

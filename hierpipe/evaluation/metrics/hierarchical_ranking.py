@@ -112,9 +112,9 @@ def hierarchical_ranking_metrics(
 
 
 def _ancestor_ids(tree: ClassTree) -> np.ndarray:
-    """(C, L) node ids of each class's ancestors at depths 1..L, its own id at depth L (the
-    class itself), and an id no other class has where its path is shorter, so that two
-    classes agree at depth d exactly when they share the node at depth d."""
+    """(C, L) node ids at depths 1..L along each class's path: its ancestors' ids, then ids
+    no other class has (the class itself, and the depths below a shallower class), so that
+    two classes agree at depth d exactly when they share an ancestor there."""
     depth = tree.max_depth
     ids = np.empty((tree.num_classes, depth), dtype=np.int64)
     nodes: dict[tuple[str, ...], int] = {}
