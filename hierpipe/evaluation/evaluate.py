@@ -34,7 +34,6 @@ from hierpipe.evaluation.metrics import (
     calibration_errors,
     classwise_spearman,
     elementwise_spearman,
-    hierarchical_ranking_metrics,
     hierarchical_similarity_at_k,
     hp_at_k,
     induced_tree_measures,
@@ -46,6 +45,7 @@ from hierpipe.evaluation.metrics import (
     robinson_foulds,
     topk_accuracy,
 )
+from hierpipe.evaluation.metrics.hierarchical_ranking import hierarchical_ranking_metrics
 from hierpipe.evaluation.metrics_file import write_metrics
 from hierpipe.losses import build_regularizer
 from hierpipe.losses.hier import GEOMETRIES as HIER_GEOMETRIES

@@ -1,11 +1,13 @@
-"""Evaluation measures: classification, hierarchy agreement, retrieval (docs/methods/README.md)."""
+"""Evaluation measures: classification, hierarchy agreement, retrieval (docs/methods/README.md).
+
+The hierarchical ranking measures (`hierarchical_ranking`) are imported from their module:
+they compile with numba, which training and export need not load."""
 
 from hierpipe.evaluation.metrics.classification import (
     calibration_errors,
     level_accuracy,
     topk_accuracy,
 )
-from hierpipe.evaluation.metrics.hierarchical_ranking import hierarchical_ranking_metrics
 from hierpipe.evaluation.metrics.hierarchy import (
     ahd_at_k,
     ahs,
@@ -35,7 +37,6 @@ __all__ = [
     "class_tree_robinson_foulds",
     "classwise_spearman",
     "elementwise_spearman",
-    "hierarchical_ranking_metrics",
     "hierarchical_similarity_at_k",
     "hp_at_k",
     "induced_tree_measures",
