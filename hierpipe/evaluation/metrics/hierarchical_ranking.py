@@ -112,17 +112,10 @@ def hierarchical_ranking_metrics(
 
 
 def _ancestor_ids(tree: ClassTree) -> np.ndarray:
-    """(C, L) node ids at depths 1..L along each class's path: its ancestors' ids, then ids
-    no other class has (the class itself, and the depths below a shallower class), so that
-    two classes agree at depth d exactly when they share an ancestor there."""
-    depth = tree.max_depth
-    ids = np.empty((tree.num_classes, depth), dtype=np.int64)
-    nodes: dict[tuple[str, ...], int] = {}
-    for class_id, path in enumerate(tree.paths):
-        for d in range(depth):
-            prefix = tuple(path[: d + 1]) if d < len(path) - 1 else ("", str(class_id), str(d))
-            ids[class_id, d] = nodes.setdefault(prefix, len(nodes))
-    return ids
+    """(C, L) id of each class's ancestor at each level (its own node below a shallower
+    class's leaf), so that two classes agree at a level exactly when they share the node
+    there: the shared depth is the number of levels where they agree."""
+    return np.stack([tree.level_labels(level) for level in range(tree.max_depth)], axis=1)
 
 
 @numba.njit(cache=True, parallel=True)
