@@ -12,6 +12,8 @@ the deterministic variant: those triplets, and the argmin instead of the Gumbel 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -96,30 +98,52 @@ def mine(distances: Tensor, labels: Tensor, topk: int, per_anchor: int) -> tuple
     )
 
 
-def lca_scores(distances: Tensor, triplets: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+def lca_scores(
+    distances: Tensor, triplets: Tensor, maximum: Callable[[Tensor, Tensor], Tensor] = torch.maximum
+) -> tuple[list[Tensor], Tensor, Tensor]:
     """The members' rows of `distances` (three (T, M)) and each triplet's pair and triple
     scores per candidate LCA: the largest distance to the pair, and to all three
-    (HIERLoss.compute_gHHC)."""
+    (HIERLoss.compute_gHHC). `maximum` may replace torch.maximum, whose gradient splits at
+    exact ties, by one that gives it to the first argument, as hierpipe does."""
     rows = [distances[triplets[:, column]] for column in range(3)]
-    pair_max = torch.maximum(rows[0], rows[1])
-    return rows, pair_max, torch.maximum(pair_max, rows[2])
+    pair_max = maximum(rows[0], rows[1])
+    return rows, pair_max, maximum(pair_max, rows[2])
+
+
+def maximum_to_first_at_ties(a: Tensor, b: Tensor) -> Tensor:
+    """max(a, b) whose gradient goes wholly to `a` at exact ties (torch.maximum halves it)."""
+    return torch.where(b > a, b, a)
 
 
 def triplet_part(
-    distances: Tensor, triplets: Tensor, margin: float, tau: float, stochastic: bool
+    distances: Tensor,
+    triplets: Tensor,
+    margin: float,
+    tau: float,
+    stochastic: bool,
+    uniforms: tuple[Tensor, Tensor] | None = None,
+    maximum: Callable[[Tensor, Tensor], Tensor] = torch.maximum,
 ) -> Tensor:
     """Mean over all triplets of the three LCA hinges, 0 where both LCAs coincide
     (HIERLoss.compute_gHHC).
 
     `distances[x, p]` is node x's distance to proxy p. The LCA assignment h is a hard
     Gumbel-softmax sample over -max distance / tau, or with `stochastic=False` the one-hot
-    argmin; each member's distance to an LCA is sum_p D[x, p] h[p].
+    argmin; each member's distance to an LCA is sum_p D[x, p] h[p]. `uniforms` (pair, triple;
+    (T, M) each) fixes the Gumbel noise, -log(-log U), which F.gumbel_softmax draws itself;
+    `maximum` is lca_scores'.
     """
-    rows, pair_max, triple_max = lca_scores(distances, triplets)
+    rows, pair_max, triple_max = lca_scores(distances, triplets, maximum)
     assignments = []
-    for max_distance in (pair_max, triple_max):
-        if stochastic:
+    for kind, max_distance in enumerate((pair_max, triple_max)):
+        if stochastic and uniforms is None:
             assignments.append(F.gumbel_softmax(logits=-max_distance / tau, hard=True))
+        elif stochastic:
+            gumbels = -torch.log(-torch.log(uniforms[kind]))
+            # F.gumbel_softmax(hard=True) with these gumbels: straight-through one-hot
+            soft = torch.softmax(-max_distance / tau + gumbels, dim=1)
+            hard = F.one_hot(soft.argmax(dim=1), distances.shape[1]).to(soft.dtype)
+            assignments.append(hard - soft.detach() + soft)
         else:
             lca = max_distance.argmin(dim=1)
             assignments.append(F.one_hot(lca, distances.shape[1]).to(distances.dtype))

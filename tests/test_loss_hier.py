@@ -504,7 +504,7 @@ def test_bad_embeddings_are_errors():
 def test_non_finite_proxies_raise_instead_of_returning_nan():
     loss = HIERLoss(3, num_proxies=8, topk=3, geometry="euclidean")
     loss.proxies.data[2] = math.nan
-    with pytest.raises(HierpipeError, match="HIER loss is nan"):
+    with pytest.raises(HierpipeError, match="the proxies are no longer finite"):
         loss(_ball_points(8, 3).float(), torch.arange(4).repeat_interleave(2))
 
 

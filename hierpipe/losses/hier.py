@@ -40,10 +40,11 @@ class HIERLoss(nn.Module):
     clamped.
 
     Randomness (triplet sampling, Gumbel noise) draws from `generator` when given, on the
-    generator's device, else from torch's global RNG. The LCA choice is the Gumbel sample in
-    training with `stochastic=True`, else the argmin. The two differ beyond noise on exact
-    ties, which proxy triplets have by construction: proxies i and j both score d(i, j) as
-    candidates for their own pair's LCA; the argmin takes the lower index.
+    generator's device, else from torch's global RNG; for float32 on the CPU the Gumbel noise
+    is counter-based under one seed drawn per part (hier_lca_cpu). The LCA choice is the
+    Gumbel sample in training with `stochastic=True`, else the argmin. The two differ beyond
+    noise on exact ties, which proxy triplets have by construction: proxies i and j both
+    score d(i, j) as candidates for their own pair's LCA; the argmin takes the lower index.
     """
 
     def __init__(
@@ -112,6 +113,15 @@ class HIERLoss(nn.Module):
                 similarities += labels[:, None] == labels[None, :]
         to_proxies = self._distances(embeddings, proxies)
         between_proxies = self._distances(proxies, proxies)
+        # The embeddings are checked: a distance that is not finite comes from the proxies,
+        # and would make the loss NaN (the CPU kernels assume finite distances).
+        if not (
+            bool(torch.isfinite(to_proxies).all()) and bool(torch.isfinite(between_proxies).all())
+        ):
+            raise HierpipeError(
+                "HIER's distances to its hierarchical proxies are not finite for finite "
+                "embeddings: the proxies are no longer finite (training diverged)"
+            )
         # Both mining draws come before any Gumbel draw, so that a seeded generator gives the
         # same triplets in training and in eval mode.
         sample_triplets = self.mine_triplets(similarities)
@@ -125,13 +135,7 @@ class HIERLoss(nn.Module):
             "proxy_triplets": len(proxy_triplets),
             "proxy_masked": proxy_masked,
         }
-        loss = sample_part + proxy_part
-        if not bool(torch.isfinite(loss)):
-            raise HierpipeError(
-                f"HIER loss is {loss.item()} for finite embeddings: the hierarchical proxies "
-                "are no longer finite"
-            )
-        return loss
+        return sample_part + proxy_part
 
     def mine_triplets(self, similarities: Tensor) -> Tensor:
         """Triplets (T, 3) of row indices from reciprocal top-k neighbours.
@@ -208,57 +212,63 @@ class HIERLoss(nn.Module):
         if len(triplets) == 0:
             # A zero that stays attached to the graph, so backward() still works.
             return dist[:0].sum(), 0.0
-        # Rows of i, j, k (T, M) each, without gradient: gradient reaches `dist` through the
-        # maxima (`_RoutedMax`, only when stochastic: the Gumbel-softmax) and through the
-        # distances to the chosen LCAs, read from `dist` itself.
-        members = [dist.detach()[index] for index in triplets.T]
-        pair_max = torch.maximum(members[0], members[1])
-        triple_max = torch.maximum(pair_max, members[2])
-        if stochastic:
-            # the row each maximum came from: ties go to the earlier member, whose row then
-            # takes the whole gradient (torch.maximum would split it; the sum is the same)
-            pair_rows = torch.where(members[1] > members[0], triplets[:, 1:2], triplets[:, :1])
-            triple_rows = torch.where(members[2] > pair_max, triplets[:, 2:3], pair_rows)
-            pair_max, triple_max = (
-                _RoutedMax.apply(dist, pair_max, pair_rows),
-                _RoutedMax.apply(dist, triple_max, triple_rows),
-            )
-        to_pair, pair_idx = self._distance_to_lca(dist, triplets, members, pair_max, stochastic)
-        to_triple, triple_idx = self._distance_to_lca(
-            dist, triplets, members, triple_max, stochastic
-        )
+        lcas, straight_through = self._choose_lcas(dist, triplets, stochastic)
+        # Gradient reaches `dist` through the distances to the chosen LCAs, read from `dist`
+        # itself, and (stochastic only) through the straight-through term's soft assignment.
+        to_pair, to_triple = (dist[triplets.T, lca] for lca in lcas)
+        if straight_through is not None:
+            to_pair, to_triple = to_pair + straight_through[0], to_triple + straight_through[1]
         hinges = (
             F.relu(to_pair[0] - to_triple[0] + self.margin)
             + F.relu(to_pair[1] - to_triple[1] + self.margin)
             + F.relu(to_triple[2] - to_pair[2] + self.margin)
         )
         # Masked triplets still count in the mean, as in the public code.
-        distinct = pair_idx != triple_idx
+        distinct = lcas[0] != lcas[1]
         masked = 1.0 - float(distinct.float().mean())
         return (hinges * distinct).mean(), masked
 
-    def _distance_to_lca(
-        self,
-        dist: Tensor,
-        triplets: Tensor,
-        members: list[Tensor],
-        max_dist: Tensor,
-        stochastic: bool,
-    ) -> tuple[Tensor, Tensor]:
-        """Distances (3, T) of the members to each triplet's LCA, and the LCA indices (T,).
+    def _choose_lcas(
+        self, dist: Tensor, triplets: Tensor, stochastic: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Each triplet's pair LCA and triple LCA (2, T), and when `stochastic` the
+        straight-through term (2, 3, T) to add to the members' distances to them.
 
-        The LCA is argmin over proxies of `max_dist` (T, M), or when `stochastic` a hard
-        Gumbel-softmax sample. The public code's straight-through
+        The LCA minimises the largest distance to the pair (or triple), or when `stochastic`
+        is a hard Gumbel-softmax sample of -that / tau. The public code's straight-through
         `sum_p d[p] (hard - soft.detach() + soft)[p]` is the chosen distance plus a term
-        whose value is 0 and whose gradient gives d to the soft assignment and nothing to d
-        (`_StraightThrough`): the same value and gradients, in fewer passes.
+        whose value is 0 and whose gradient gives d to the soft assignment and nothing to d:
+        the same value and gradients, in fewer passes. float32 on the CPU runs the fused
+        kernels of hier_lca_cpu (their own counter-based noise); other types and devices run
+        tensor operations with noise from torch's generator.
         """
-        soft = self._gumbel_softmax(max_dist) if stochastic else None
-        idx = max_dist.argmin(dim=1) if soft is None else soft.argmax(dim=1)
-        chosen = dist[triplets.T, idx]
-        if soft is None:
-            return chosen, idx
-        return chosen + _StraightThrough.apply(soft, *members), idx
+        if dist.device.type == "cpu" and dist.dtype == torch.float32:
+            # Imported here: only HIER on the CPU needs numba, which takes ~0.5 s to load.
+            from hierpipe.losses.hier_lca_cpu import choose_lcas
+
+            return choose_lcas(dist, triplets, self.tau, self._seed() if stochastic else None)
+        # Rows of i, j, k (T, M) each, without gradient: gradient reaches the maxima only
+        # through `_RoutedMax`, when stochastic.
+        members = [dist.detach()[index] for index in triplets.T]
+        pair_max = torch.maximum(members[0], members[1])
+        triple_max = torch.maximum(pair_max, members[2])
+        if not stochastic:
+            return torch.stack([pair_max.argmin(dim=1), triple_max.argmin(dim=1)]), None
+        # the row each maximum came from: ties go to the earlier member, whose row then
+        # takes the whole gradient (torch.maximum would split it; the sum is the same)
+        pair_rows = torch.where(members[1] > members[0], triplets[:, 1:2], triplets[:, :1])
+        triple_rows = torch.where(members[2] > pair_max, triplets[:, 2:3], pair_rows)
+        softs = [
+            self._gumbel_softmax(_RoutedMax.apply(dist, maxima, rows))
+            for maxima, rows in ((pair_max, pair_rows), (triple_max, triple_rows))
+        ]
+        lcas = torch.stack([soft.argmax(dim=1) for soft in softs])
+        return lcas, torch.stack([_StraightThrough.apply(soft, *members) for soft in softs])
+
+    def _seed(self) -> int:
+        """A 63-bit seed for the CPU kernels' noise, from `generator` or torch's global RNG."""
+        device = self.generator.device if self.generator is not None else "cpu"
+        return int(torch.randint(2**63 - 1, (), generator=self.generator, device=device))
 
     def _gumbel_softmax(self, max_dist: Tensor) -> Tensor:
         """softmax(-max_dist / tau + Gumbel noise) per row; its argmax samples
