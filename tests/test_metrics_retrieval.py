@@ -9,9 +9,35 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
 
 from hierpipe.core.errors import HierpipeError
-from hierpipe.evaluation.metrics import nearest_neighbours, retrieval_metrics
+from hierpipe.evaluation.metrics import nearest_neighbours, retrieval, retrieval_metrics
 
 A, B, C = 0, 1, 2
+
+
+@pytest.fixture(autouse=True, params=["tensor operations", "CPU kernel"])
+def sweep_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both ways of counting a block: tensor operations (any device), and the
+    CPU kernel of closer_counts_cpu, which only sweeps of 2^24 pairs take by default."""
+    if request.param == "CPU kernel":
+        monkeypatch.setattr(retrieval, "_COMPILED_PAIRS", 0)
+    return request.param
+
+
+def test_the_sweep_takes_the_path_it_is_tested_on(sweep_path: str, monkeypatch: pytest.MonkeyPatch):
+    taken = []
+    compiled = retrieval._compiled_sweep
+    monkeypatch.setattr(
+        retrieval, "_compiled_sweep", lambda *args: taken.append(compiled(*args)) or taken[-1]
+    )
+    x = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    retrieval_metrics(x, np.arange(30) % 3, ks=(1,))
+    assert taken == [sweep_path == "CPU kernel"]
+    # blocks other than float32 (float16 searches in float16), and too many own counts, go to
+    # tensor operations
+    retrieval_metrics(x.astype(np.float16), np.arange(30) % 3, ks=(1,), dtype=torch.float16)
+    monkeypatch.setattr(retrieval, "_KERNEL_COUNTS", 0)
+    retrieval_metrics(x, np.arange(30) % 3, ks=(1,))
+    assert taken[1:] == [False, False]
 
 
 def _line(*positions: float) -> np.ndarray:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# pairs per exact recomputation, to bound its (pairs x D) memory
-_EXACT_CHUNK = 4096
+# pairs per exact recomputation: its (pairs x D) rows stay in cache
+_EXACT_CHUNK = 1024
 
 
 class Closeness:
@@ -39,18 +39,27 @@ class Closeness:
         self.dtype = query.dtype
         self.search_dtype = torch.float32 if query.dtype == torch.float64 else query.dtype
         self.on_sphere = distance in ("cosine", "squared_chord", "chord")
+        # Without a gallery the two sides are one tensor: each quantity is computed once.
+        same = reference is query
         if self.on_sphere:
-            query, reference = F.normalize(query, dim=1), F.normalize(reference, dim=1)
+            query = F.normalize(query, dim=1)
+            reference = query if same else F.normalize(reference, dim=1)
         self.query, self.reference = query, reference
-        self.query_norms, self.reference_norms = query.norm(dim=1), reference.norm(dim=1)
-        # 1 / (1 - c||x||^2), from a float64 sum: near the boundary it cancels most digits
+        self.query_norms = query.norm(dim=1)
+        self.reference_norms = self.query_norms if same else reference.norm(dim=1)
+        # squared norms from a float64 sum: near the ball's boundary 1 - c||x||^2 cancels
+        # most digits
+        self._squared_norms = None
+        self.query_scale = self.reference_scale = None
+        if not self.on_sphere:
+            query_squared = query.double().pow(2).sum(1)
+            reference_squared = query_squared if same else reference.double().pow(2).sum(1)
+            self._squared_norms = (query_squared, reference_squared)
         if distance == "poincare":
-            self.query_scale = 1 / (1 - curvature * query.double().pow(2).sum(1)).to(self.dtype)
-            self.reference_scale = 1 / (1 - curvature * reference.double().pow(2).sum(1)).to(
-                self.dtype
+            self.query_scale = 1 / (1 - curvature * query_squared).to(self.dtype)
+            self.reference_scale = (
+                self.query_scale if same else 1 / (1 - curvature * reference_squared).to(self.dtype)
             )
-        else:
-            self.query_scale = self.reference_scale = None
         # Each key is one dot product of augmented vectors, so a block is one matrix product:
         # x' = [2 s_x x, -s_x ||x||^2, -s_x] and y' = [s_y y, s_y, s_y ||y||^2] give
         # s_x s_y (2 <x, y> - ||x||^2 - ||y||^2) (s = 1 but for poincare); on the sphere x, y.
@@ -71,7 +80,7 @@ class Closeness:
         if self.on_sphere:
             return points
         scale = self.query_scale if query else self.reference_scale
-        squared = points.double().pow(2).sum(1, keepdim=True).to(points.dtype)
+        squared = self._squared_norms[0 if query else 1].to(points.dtype)[:, None]
         ones = torch.ones_like(squared)
         parts = [2 * points, -squared, -ones] if query else [points, ones, squared]
         augmented = torch.cat(parts, dim=1)
@@ -105,11 +114,13 @@ class Closeness:
         for start in range(0, len(query_index), _EXACT_CHUNK):
             qi = query_index[start : start + _EXACT_CHUNK]
             ri = reference_index[start : start + _EXACT_CHUNK]
-            x, y = self.query[qi], self.reference[ri]
+            # index_select and in place: a third less memory traffic than x[qi] - y[ri]
+            x = self.query.index_select(0, qi)
+            y = self.reference.index_select(0, ri)
             if self.on_sphere:
-                keys.append((x * y).sum(1))
+                keys.append(x.mul_(y).sum(1))
                 continue
-            key = (x - y).square_().sum(1).neg_()
+            key = x.sub_(y).square_().sum(1).neg_()
             if self.query_scale is not None:
                 key *= self.query_scale[qi] * self.reference_scale[ri]
             keys.append(key)

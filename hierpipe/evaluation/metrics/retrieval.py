@@ -14,6 +14,10 @@ Array = np.ndarray | torch.Tensor
 
 # references per tile of a similarity block whose maximum is checked before its entries
 _TILE = 64
+# the least sweep (queries x references) that the CPU kernel takes: 4096 x 4096
+_COMPILED_PAIRS = 2**24
+# the most counts the CPU kernel's threads keep for a block's columns (32 MB of int64)
+_KERNEL_COUNTS = 2**22
 
 
 def _embeddings(name: str, x: Array, dtype: torch.dtype) -> torch.Tensor:
@@ -186,7 +190,8 @@ def retrieval_metrics(
         return dict.fromkeys(names, float("nan"))
 
     available = len(ref) - int(self_reference)
-    sweep = _CloserCounts(closeness, relevant, min(max(ks), available))
+    compiled = _compiled_sweep(closeness, min(chunk_size, len(ref)), relevant.keys.shape[1])
+    sweep = _CloserCounts(closeness, relevant, min(max(ks), available), compiled)
     for row_start in range(0, len(q), chunk_size):
         rows = slice(row_start, row_start + chunk_size)
         for column_start in range(row_start if self_reference else 0, len(ref), chunk_size):
@@ -198,9 +203,9 @@ def retrieval_metrics(
                 same = row_labels[:, None] == column_labels[None, :]
                 keys.masked_fill_(same, float("-inf"))
             row_margin, column_margin = closeness.block_margins(rows, columns)
-            sweep.add(keys, row_start, column_start, row_margin)
-            if self_reference and column_start != row_start:
-                sweep.add(keys, column_start, row_start, column_margin, True)
+            # without a gallery an off-diagonal block serves its columns' queries too
+            both = self_reference and column_start != row_start
+            sweep.add(keys, row_start, column_start, row_margin, column_margin if both else None)
     return _measures(sweep.closer[scored], relevant.counts[scored], ks, names)
 
 
@@ -291,6 +296,32 @@ def _position_in_run(run: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     return torch.arange(len(owner), device=owner.device) - run_starts[owner]
 
 
+def _compiled_sweep(closeness: Closeness, columns: int, width: int) -> bool:
+    """Whether the sweep's blocks go to the CPU kernel of closer_counts_cpu rather than
+    tensor operations (any device and type): float32 blocks on the CPU, a sweep of at least
+    _COMPILED_PAIRS pairs (a smaller one, such as a training job's validation, would spend
+    more on loading numba than it saves), and the kernel's own counts for the block's
+    columns, threads x columns x (width + 1), within _KERNEL_COUNTS (past that, classes of
+    thousands of references)."""
+    pairs = len(closeness.query) * len(closeness.reference)
+    if (
+        closeness.query.device.type != "cpu"
+        or closeness.search_dtype != torch.float32
+        or pairs < _COMPILED_PAIRS
+    ):
+        return False
+    import numba  # here: only large sweeps load it
+
+    return numba.get_num_threads() * columns * (width + 1) <= _KERNEL_COUNTS
+
+
+def _kernel_runs(rows: int) -> np.ndarray:
+    """Boundaries of one run of rows per thread of the CPU kernel."""
+    import numba
+
+    return np.linspace(0, rows, numba.get_num_threads() + 1).astype(np.int64)
+
+
 class _CloserCounts:
     """For each query and each of its relevant references (nearest first), the number of
     irrelevant references closer than it: ``closer`` (N, max R), accumulated block by block.
@@ -305,8 +336,11 @@ class _CloserCounts:
     column counts those closer than none), and ``closer`` is its running sum.
     """
 
-    def __init__(self, closeness: Closeness, relevant: _RelevantKeys, max_k: int) -> None:
+    def __init__(
+        self, closeness: Closeness, relevant: _RelevantKeys, max_k: int, compiled: bool
+    ) -> None:
         self.closeness = closeness
+        self.compiled = compiled
         self.relevant = relevant
         self.max_k = max_k
         n, width = relevant.keys.shape
@@ -332,47 +366,134 @@ class _CloserCounts:
         query_start: int,
         reference_start: int,
         margin: torch.Tensor,
-        queries_along_columns: bool = False,
+        column_margin: torch.Tensor | None = None,
     ) -> None:
-        """Count the block ``keys`` (queries from query_start, references from
-        reference_start; queries are its rows, or its columns if ``queries_along_columns``),
-        whose entries are within ``margin`` (one per query) of their exact value."""
-        floor = self.search_floor[query_start : query_start + len(margin)] - margin
+        """Count the block ``keys``: its rows are queries from query_start, its columns
+        references from reference_start, each entry within ``margin`` (one per row) of its
+        exact value. With ``column_margin`` (one per column) its columns are also queries
+        from reference_start, and its rows their references from query_start."""
+        floor = self._floor(query_start, margin)
+        column_floor = (
+            None if column_margin is None else self._floor(reference_start, column_margin)
+        )
+        if self.compiled:
+            query, reference = self._count_compiled(
+                keys, floor, margin, column_floor, column_margin, query_start, reference_start
+            )
+        else:
+            query, reference = self._count_tensor(
+                keys, floor, margin, query_start, reference_start, False
+            )
+            if column_margin is not None:
+                more = self._count_tensor(
+                    keys, column_floor, column_margin, reference_start, query_start, True
+                )
+                query, reference = torch.cat([query, more[0]]), torch.cat([reference, more[1]])
+        if len(query):
+            self._count_exact(query, reference)
+        rows = torch.nonzero(self._touched).squeeze(1)
+        if len(rows):
+            self._touched[rows] = False
+            self._update(rows)
+
+    def _floor(self, query_start: int, margin: torch.Tensor) -> torch.Tensor:
+        """The least block key that can still change a measure, for queries from query_start."""
+        return self.search_floor[query_start : query_start + len(margin)] - margin
+
+    def _count_tensor(
+        self,
+        keys: torch.Tensor,
+        floor: torch.Tensor,
+        margin: torch.Tensor,
+        query_start: int,
+        reference_start: int,
+        queries_along_columns: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Count the candidates of ``keys`` (queries along its rows, or its columns if
+        ``queries_along_columns``; entries at least their query's ``floor``) that are surely
+        placed among their query's relevant keys, mark their queries touched, and return the
+        others' (query, reference): within ``margin`` of a relevant key, they are decided by
+        their exact key."""
         query, reference = entries_at_least(keys, floor, queries_along_columns)
         if len(query) == 0:
-            return
+            return query, reference
         value = keys[reference, query] if queries_along_columns else keys[query, reference]
-        value = value.to(self.relevant.keys.dtype)
+        value = value.to(self.relevant.keys.dtype)[:, None]
         pair_margin = margin[query].to(value.dtype)[:, None]
         query, reference = query + query_start, reference + reference_start
-        count = self._place(query, reference, value, pair_margin)
-        width = self.relevant.keys.shape[1]
-        first = query * (width + 1) + self.relevant.counts[query] - count
-        self._first_closer.index_add_(0, first, torch.ones_like(first))
         self._touched[query] = True
-        rows = torch.nonzero(self._touched).squeeze(1)
-        self._touched[rows] = False
-        self._update(rows)
-
-    def _place(
-        self,
-        query: torch.Tensor,
-        reference: torch.Tensor,
-        value: torch.Tensor,
-        margin: torch.Tensor,
-    ) -> torch.Tensor:
-        """How many of its query's relevant references each entry is closer than; entries
-        within ``margin`` of a relevant key are decided by their exact key."""
-        # relevant keys ascending (negated), so that counts are binary searches
+        # relevant keys ascending (negated), so that counts are binary searches: the
+        # relevant keys not surely beaten (>= value - margin), and those surely nearer
         ascending = self.relevant.negated_keys[query]
-        below = torch.searchsorted(ascending, margin - value[:, None], right=True).squeeze(1)
-        count = self.relevant.counts[query] - below
-        within = torch.searchsorted(ascending, -margin - value[:, None]).squeeze(1)
-        unsure = torch.nonzero(within < below).squeeze(1)
-        if len(unsure):
-            exact = self.closeness.exact(query[unsure], reference[unsure])
-            count[unsure] = (exact[:, None] > self.relevant.keys[query[unsure]]).sum(dim=1)
-        return count
+        kept = torch.searchsorted(ascending, pair_margin - value, right=True).squeeze(1)
+        nearer = torch.searchsorted(ascending, -pair_margin - value).squeeze(1)
+        sure = nearer >= kept
+        self._count_at(query[sure], kept[sure])
+        unsure = ~sure
+        return query[unsure], reference[unsure]
+
+    def _count_compiled(
+        self,
+        keys: torch.Tensor,
+        floor: torch.Tensor,
+        margin: torch.Tensor,
+        column_floor: torch.Tensor | None,
+        column_margin: torch.Tensor | None,
+        query_start: int,
+        reference_start: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_count_tensor`` for the rows and, with ``column_floor``, the columns, in one
+        pass of the CPU kernel of closer_counts_cpu; where some candidates are unsure, a
+        second pass collects them."""
+        # Imported here: numba, which training and export need not load.
+        from hierpipe.evaluation.metrics.closer_counts_cpu import scan_block
+
+        n, width = self.relevant.keys.shape
+        runs = _kernel_runs(len(keys))
+        none = np.empty(0, np.int64)
+        nothing = np.empty(0, np.float32)
+        row_unsure = np.zeros(len(keys), np.int64)
+        columns = 0 if column_floor is None else keys.shape[1]
+        column_unsure = np.zeros((len(runs) - 1, columns), np.int64)
+        shared = (
+            keys.numpy(),
+            floor.numpy(),
+            margin.numpy(),
+            nothing if column_floor is None else column_floor.numpy(),
+            nothing if column_margin is None else column_margin.numpy(),
+            query_start,
+            reference_start,
+            runs,
+            self.relevant.negated_keys.numpy(),
+            self.relevant.counts.numpy(),
+            self._first_closer.view(n, width + 1).numpy(),
+            self._touched.numpy(),
+            row_unsure,
+            column_unsure,
+        )
+        zero = np.float64(0) if self.relevant.keys.dtype == torch.float64 else np.float32(0)
+        scan_block(*shared, none, none, none, zero)
+        unsure = np.concatenate([row_unsure, column_unsure.ravel()])
+        total = int(unsure.sum())
+        if total == 0:
+            return torch.from_numpy(none), torch.from_numpy(none)
+        offset = np.cumsum(unsure) - unsure
+        query, reference = np.empty(total, np.int64), np.empty(total, np.int64)
+        scan_block(*shared, offset, query, reference, zero)
+        return torch.from_numpy(query), torch.from_numpy(reference)
+
+    def _count_exact(self, query: torch.Tensor, reference: torch.Tensor) -> None:
+        """Count candidates by their exact keys: a candidate is closer than the relevant
+        references whose keys are below its own."""
+        exact = self.closeness.exact(query, reference)
+        beaten = (exact[:, None] > self.relevant.keys[query]).sum(dim=1)
+        self._count_at(query, self.relevant.counts[query] - beaten)
+
+    def _count_at(self, query: torch.Tensor, first: torch.Tensor) -> None:
+        """One more irrelevant reference closer than the relevant ones from ``first`` on."""
+        width = self.relevant.keys.shape[1]
+        index = query * (width + 1) + first
+        self._first_closer.index_add_(0, index, torch.ones_like(index))
 
     def _update(self, rows: torch.Tensor) -> None:
         keys = self.relevant.keys[rows]
