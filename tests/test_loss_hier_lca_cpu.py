@@ -18,19 +18,12 @@ from hierpipe.losses import HIERLoss, hier_lca_cpu
 from hierpipe.losses.hier_lca_cpu import choose_lcas, counter_uniforms
 
 
-@numba.njit
-def _neg_logs(x: np.ndarray) -> np.ndarray:
+@numba.njit(fastmath=True)
+def _each(function, x: np.ndarray) -> np.ndarray:
+    """`function` on each element, called from fast-math code as the kernels call it."""
     out = np.empty_like(x)
     for n in range(len(x)):
-        out[n] = hier_lca_cpu._neg_log(x[n])
-    return out
-
-
-@numba.njit
-def _exps(x: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x)
-    for n in range(len(x)):
-        out[n] = hier_lca_cpu._exp_nonpositive(x[n])
+        out[n] = function(x[n])
     return out
 
 
@@ -51,20 +44,22 @@ def test_counter_uniforms_are_uniform_repeatable_and_independent_of_neighbours()
     assert np.array_equal(u, counter_uniforms(3, 0, 1000, 512))
 
 
-def test_noise_logarithm_is_within_one_ulp_over_every_uniform_the_kernels_draw():
+def test_noise_logarithm_is_within_two_ulp_over_every_uniform_the_kernels_draw():
     # every value U = (b + 1/2) 2^-23 can take, b < 2^23, is a normal float32 in (0, 1)
     u = ((np.arange(2**23, dtype=np.float64) + 0.5) * 2.0**-23).astype(np.float32)
     exact = -np.log(u.astype(np.float64))
-    assert _ulps(_neg_logs(u).astype(np.float64), exact).max() <= 1
+    assert _ulps(_each(hier_lca_cpu._neg_log, u).astype(np.float64), exact).max() <= 2
 
 
-def test_exponential_is_within_one_ulp_down_to_its_floor():
+def test_exponential_is_within_two_ulp_down_to_its_floor():
     x = np.linspace(-87.0, 0.0, 1_000_001, dtype=np.float32)
     exact = np.exp(x.astype(np.float64))
-    assert _ulps(_exps(x).astype(np.float64), exact).max() <= 1
+    assert _ulps(_each(hier_lca_cpu._exp_nonpositive, x).astype(np.float64), exact).max() <= 2
     # below the floor it stays at exp(-87), a weight no proxy of a finite score gets beaten by
-    below = _exps(np.array([-87.5, -200.0, -1e30], dtype=np.float32))
-    assert np.all(below == _exps(np.array([-87.0], dtype=np.float32))[0])
+    below = _each(hier_lca_cpu._exp_nonpositive, np.array([-87.5, -200.0, -1e30], dtype=np.float32))
+    assert np.all(
+        below == _each(hier_lca_cpu._exp_nonpositive, np.array([-87.0], dtype=np.float32))[0]
+    )
 
 
 def test_deterministic_choice_is_torch_argmin_with_ties_to_the_lower_index():

@@ -9,6 +9,10 @@ from torch's sequential CPU generator: most of HIER's time. Here each triplet's 
 read while they sit in cache, and the noise is counter-based, so that threads share no
 generator and the backward pass regenerates the noise instead of storing it.
 
+Each thread takes one run of triplets; the backward pass sums the threads' gradient
+accumulators, so the gradient's last bits depend on the number of threads, as torch's own CPU
+reductions do, and the choices do not.
+
 Gumbel-max without the double logarithm: with E_p = -log U_p, an Exp(1) variable, the soft
 assignment softmax(-s / tau - log E)_p is w_p / sum_q w_q with
 w_p = exp(-(s_p - min s) / tau) / E_p, and its argmax is the sample.
@@ -39,6 +43,10 @@ _LOG2_E = np.float32(1.44269504088896341)
 _LN2_HIGH = np.float32(0.693359375)
 _LN2_LOW = np.float32(-2.12194440e-4)
 _SQRT_HALF = np.float32(0.70710678)
+# Fast-math without reassociation for exp and log: the kernels' loops reassociate their sums
+# (so that they vectorise), which would undo the exact range reductions. These two are
+# separate functions, so that their instructions keep their own flags when inlined.
+_EXACT_STEPS = {"nnan", "ninf", "nsz", "contract"}
 
 
 @numba.njit(inline="always")
@@ -50,9 +58,9 @@ def _uniform(seed: np.uint64, position: np.uint64) -> np.float32:
     return (np.float32(z >> _TOP_23) + _HALF) * _TWO_TO_MINUS_23
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
+@numba.njit(fastmath=_EXACT_STEPS, error_model="numpy")
 def _neg_log(x: np.float32) -> np.float32:
-    """-log(x) for a normal float32 x > 0 (within 1 ulp for every uniform the kernels draw):
+    """-log(x) for a normal float32 x > 0 (within 2 ulp for every uniform the kernels draw):
     x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) by the minimax polynomial of Moshier's
     Cephes logf. Written out so
     that the loops that call it vectorise; numba would call libm once per element."""
@@ -92,9 +100,9 @@ def _neg_log(x: np.float32) -> np.float32:
     return -(log_m + exponent * _LN2_HIGH)
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy")
+@numba.njit(fastmath=_EXACT_STEPS, error_model="numpy")
 def _exp_nonpositive(x: np.float32) -> np.float32:
-    """exp(x) for x <= 0, within 1 ulp down to exp(-87) (where it stays): x = n ln 2 + r,
+    """exp(x) for x <= 0, within 2 ulp down to exp(-87) (where it stays): x = n ln 2 + r,
     e^r by the minimax polynomial of Moshier's Cephes expf, 2^n added to the exponent bits."""
     x = max(x, _EXP_FLOOR)
     n = np.floor(x * _LOG2_E + _HALF)
@@ -297,37 +305,20 @@ class _SoftChoice(torch.autograd.Function):
     through the soft assignment only (the chosen distance's own gradient flows elsewhere)."""
 
     @staticmethod
-    def forward(
-        ctx,
-        dist: Tensor,
-        triplets: np.ndarray,
-        inv_tau: np.float32,
-        seed: np.uint64,
-        bounds: np.ndarray,
-        lowest: np.ndarray,
-        total: np.ndarray,
-    ) -> Tensor:
+    def forward(ctx, dist: Tensor, kernel_args: tuple) -> Tensor:
+        """`kernel_args`: _soft_gradient's (triplets, inv_tau, seed, bounds, lowest, total)."""
         ctx.save_for_backward(dist)
-        ctx.kernel_args = (triplets, inv_tau, seed, bounds, lowest, total)
-        return dist.new_zeros((2, 3, len(triplets)))
+        ctx.kernel_args = kernel_args
+        return dist.new_zeros((2, 3, len(kernel_args[0])))
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         (dist,) = ctx.saved_tensors
-        triplets, inv_tau, seed, bounds, lowest, total = ctx.kernel_args
+        bounds = ctx.kernel_args[3]
         out = np.zeros((len(bounds) - 1, *dist.shape), np.float32)
-        _soft_gradient(
-            dist.detach().contiguous().numpy(),
-            triplets,
-            inv_tau,
-            seed,
-            bounds,
-            lowest,
-            total,
-            grad.contiguous().numpy(),
-            out,
-        )
-        return (torch.from_numpy(out.sum(axis=0)), *(None,) * 6)
+        matrix = dist.detach().contiguous().numpy()
+        _soft_gradient(matrix, *ctx.kernel_args, grad.contiguous().numpy(), out)
+        return torch.from_numpy(out.sum(axis=0)), None
 
 
 def choose_lcas(
@@ -351,4 +342,4 @@ def choose_lcas(
     indices = torch.from_numpy(chosen)
     if not stochastic:
         return indices, None
-    return indices, _SoftChoice.apply(dist, rows, inv_tau, seed64, bounds, lowest, total)
+    return indices, _SoftChoice.apply(dist, (rows, inv_tau, seed64, bounds, lowest, total))
