@@ -69,29 +69,38 @@ class Closeness:
         unit = torch.finfo(self.search_dtype).eps / 2
         exact_blocks = self.search_dtype == self.dtype
         self._error_unit = 0.0 if exact_blocks else 4 * (query.shape[1] + 8) * unit
-        self._query_fast = self._augmented(True).to(self.search_dtype)
-        self._reference_fast = self._augmented(False).to(self.search_dtype)
+        self._query_fast = self._augmented(True, self.search_dtype)
+        self._reference_fast = self._augmented(False, self.search_dtype)
         self._precise: tuple[torch.Tensor, torch.Tensor] | None = None  # made on first use
 
-    def _augmented(self, query: bool) -> torch.Tensor:
+    def _augmented(self, query: bool, dtype: torch.dtype) -> torch.Tensor:
         """The query's or the reference's rows of the one matrix product that gives the keys
-        (see __init__), in the exact precision."""
+        (see __init__): computed in the exact precision, each entry rounded once to
+        ``dtype``, written straight into one tensor (these are the largest arrays here)."""
         points = self.query if query else self.reference
         if self.on_sphere:
-            return points
+            return points.to(dtype)
+        n, dim = points.shape
         scale = self.query_scale if query else self.reference_scale
-        squared = self._squared_norms[0 if query else 1].to(points.dtype)[:, None]
-        ones = torch.ones_like(squared)
-        parts = [2 * points, -squared, -ones] if query else [points, ones, squared]
-        augmented = torch.cat(parts, dim=1)
-        return augmented if scale is None else augmented * scale[:, None]
+        if scale is None:
+            scale = points.new_ones(n)
+        squared = self._squared_norms[0 if query else 1].to(points.dtype)
+        augmented = points.new_empty((n, dim + 2), dtype=dtype)
+        # 2 s x is (2 x) s exactly: doubling does not round
+        augmented[:, :dim] = points * (2 * scale if query else scale)[:, None]
+        augmented[:, dim] = -squared * scale if query else scale
+        augmented[:, dim + 1] = -scale if query else squared * scale
+        return augmented
 
     def block(self, rows: slice, columns: slice, precise: bool = False) -> torch.Tensor:
         """Keys (rows x columns) in the search precision (float32 for float64 input), or with
         ``precise`` in the exact precision, from the same augmented vectors."""
         if precise:
             if self._precise is None:
-                self._precise = (self._augmented(True), self._augmented(False))
+                self._precise = (
+                    self._augmented(True, self.dtype),
+                    self._augmented(False, self.dtype),
+                )
             query, reference = self._precise
             return query[rows] @ reference[columns].T
         return self._query_fast[rows] @ self._reference_fast[columns].T

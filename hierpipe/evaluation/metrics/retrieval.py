@@ -470,6 +470,7 @@ class _CloserCounts:
             self._touched.numpy(),
             row_unsure,
             column_unsure,
+            np.zeros(len(keys), np.bool_),
         )
         zero = np.float64(0) if self.relevant.keys.dtype == torch.float64 else np.float32(0)
         scan_block(*shared, none, none, none, zero)
