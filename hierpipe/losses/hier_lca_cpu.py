@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hierpipe.core.kernel_threads import thread_runs
+
 # SplitMix64 (Steele, Lea, Flood, "Fast splittable pseudorandom number generators", OOPSLA
 # 2014): the generator's output at position n is the finaliser applied to seed + (n + 1) * gamma.
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -180,11 +182,6 @@ def _first_index_of(values: np.ndarray, target: float) -> int:
     return first
 
 
-def _chunks(count: int) -> np.ndarray:
-    """Boundaries of one contiguous run of triplets per thread."""
-    return np.linspace(0, count, numba.get_num_threads() + 1).astype(np.int64)
-
-
 @numba.njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def _choose(
     dist: np.ndarray,
@@ -325,9 +322,10 @@ def choose_lcas(
     dist: Tensor, triplets: Tensor, tau: float, seed: int | None
 ) -> tuple[Tensor, Tensor | None]:
     """LCA indices (2, T) of each triplet's pair and triple among the columns of `dist`
-    (float32 on the CPU, (N, M)), and the straight-through term (2, 3, T) to add to the
-    members' distances to them: a hard Gumbel-softmax sample under `seed`, or the argmin
-    (lowest index at ties) and no term when `seed` is None."""
+    ((N, M), float32 on the CPU, finite: the kernels compile with fast-math), and the
+    straight-through term (2, 3, T) to add to the members' distances to them: a hard
+    Gumbel-softmax sample under `seed`, or the argmin (lowest index at ties) and no term
+    when `seed` is None."""
     matrix = dist.detach().contiguous().numpy()
     rows = triplets.contiguous().numpy()
     count = len(rows)
@@ -335,7 +333,7 @@ def choose_lcas(
     chosen = np.empty((2, count), np.int64)
     lowest = np.empty((2, count), np.float32)
     total = np.empty((2, count), np.float32)
-    bounds = _chunks(count)
+    bounds = thread_runs(count)
     inv_tau = np.float32(1.0 / tau)
     seed64 = np.uint64(seed % 2**64) if stochastic else np.uint64(0)
     _choose(matrix, rows, inv_tau, seed64, stochastic, bounds, chosen, lowest, total)

@@ -315,13 +315,6 @@ def _compiled_sweep(closeness: Closeness, columns: int, width: int) -> bool:
     return numba.get_num_threads() * columns * (width + 1) <= _KERNEL_COUNTS
 
 
-def _kernel_runs(rows: int) -> np.ndarray:
-    """Boundaries of one run of rows per thread of the CPU kernel."""
-    import numba
-
-    return np.linspace(0, rows, numba.get_num_threads() + 1).astype(np.int64)
-
-
 class _CloserCounts:
     """For each query and each of its relevant references (nearest first), the number of
     irrelevant references closer than it: ``closer`` (N, max R), accumulated block by block.
@@ -446,10 +439,11 @@ class _CloserCounts:
         pass of the CPU kernel of closer_counts_cpu; where some candidates are unsure, a
         second pass collects them."""
         # Imported here: numba, which training and export need not load.
+        from hierpipe.core.kernel_threads import thread_runs
         from hierpipe.evaluation.metrics.closer_counts_cpu import scan_block
 
         n, width = self.relevant.keys.shape
-        runs = _kernel_runs(len(keys))
+        runs = thread_runs(len(keys))
         none = np.empty(0, np.int64)
         nothing = np.empty(0, np.float32)
         row_unsure = np.zeros(len(keys), np.int64)
