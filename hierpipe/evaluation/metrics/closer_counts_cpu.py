@@ -2,7 +2,7 @@
 compiled CPU passes.
 
 A block entry is a candidate if it is at least its query's floor. Each candidate is placed
-among its query's relevant keys by two binary searches and counted once, at the first relevant
+among its query's relevant keys by one binary search and counted once, at the first relevant
 reference it is surely closer than; one within the error margin of a relevant key is handed
 back, to be decided by its exact key. As tensor operations this is a dozen passes and gathers
 per block; here each query's entries are read once, and the few candidates are placed where
