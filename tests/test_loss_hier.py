@@ -334,24 +334,11 @@ def test_gumbel_choice_samples_the_softmax_of_negative_max_distance():
 
 
 def _public_straight_through(dist, triplets, tau, margin, generator):
-    """HIERLoss.compute_gHHC of the public code: one-hot minus detached soft plus
-    soft, multiplied into whole distance rows; Gumbel noise drawn pair first, then triple."""
-
-    def hard_gumbel(max_dist):
-        uniform = torch.rand(max_dist.shape, dtype=max_dist.dtype, generator=generator)
-        soft = torch.softmax(-max_dist / tau - torch.log(-torch.log(uniform)), dim=1)
-        hard = torch.nn.functional.one_hot(soft.argmax(dim=1), max_dist.shape[1])
-        return hard - soft.detach() + soft
-
-    d_i, d_j, d_k = dist[triplets[:, 0]], dist[triplets[:, 1]], dist[triplets[:, 2]]
-    h_ij = hard_gumbel(torch.maximum(d_i, d_j))
-    h_ijk = hard_gumbel(torch.maximum(torch.maximum(d_i, d_j), d_k))
-    loss = (
-        torch.relu((d_i * h_ij).sum(1) - (d_i * h_ijk).sum(1) + margin)
-        + torch.relu((d_j * h_ij).sum(1) - (d_j * h_ijk).sum(1) + margin)
-        + torch.relu((d_k * h_ijk).sum(1) - (d_k * h_ij).sum(1) + margin)
-    )
-    return (loss * (h_ij.argmax(1) != h_ijk.argmax(1))).mean()
+    """HIERLoss.compute_gHHC of the public code (public.triplet_part) with its Gumbel noise
+    drawn from `generator`, pair first, then triple, as hierpipe's tensor path draws it."""
+    shape = (len(triplets), dist.shape[1])
+    uniforms = tuple(torch.rand(shape, dtype=dist.dtype, generator=generator) for _ in range(2))
+    return public.triplet_part(dist, triplets, margin, tau, True, uniforms=uniforms)
 
 
 def test_straight_through_value_and_gradient_equal_the_public_formula():
