@@ -1,5 +1,6 @@
 """H-AP, ASI and NDCG (HAPPIER's hierarchical ranking measures): hand-computed rankings from
-the paper's definitions, a brute-force float64 reference on random trees, and bad input."""
+the paper's definitions, a brute-force float64 reference on random trees, the compiled
+ranking against direct counts, and bad input."""
 
 import math
 from collections import Counter
@@ -13,7 +14,11 @@ from sklearn.metrics import average_precision_score
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.geometry import to_poincare
 from hierpipe.core.hierarchy import ClassTree
-from hierpipe.evaluation.metrics.hierarchical_ranking import hierarchical_ranking_metrics
+from hierpipe.evaluation.metrics.hierarchical_ranking import (
+    _closer_counts,
+    _scratch,
+    hierarchical_ranking_metrics,
+)
 
 # Two top-level groups; a1 and a2 share group A (depth 1), b1 is alone in B.
 HAND_TREE = ClassTree.from_paths([("A", "a1"), ("A", "a2"), ("B", "b1")])
@@ -190,6 +195,43 @@ def test_equals_a_brute_force_reference_on_random_trees(distance, gallery, relev
         )
         for name, value in expected.items():
             assert ours[name] == pytest.approx(value, abs=1e-12), (seed, name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_closer_counts_equal_direct_counts(dtype):
+    """Every relevant key's rank inputs against counting straight from the definition, on
+    rows built to hit the grid's edge cases: keys tied within the relevant set and with
+    other keys, buckets holding more relevant keys than are compared at once, keys outside
+    the relevant range, one relevant key, and all relevant keys equal."""
+    rng = np.random.default_rng(11)
+    widest, columns = 300, 400
+    scratch = _scratch(widest, columns)  # shared by every row: it must be left clean
+    for trial in range(300):
+        n = int(rng.integers(2, columns + 1))
+        if trial % 3 == 0:  # few distinct values: ties everywhere, crowded buckets
+            keys = rng.choice(rng.standard_normal(int(rng.integers(1, 12))), n)
+        elif trial % 3 == 1:  # a dense cluster inside a wide range
+            keys = np.where(rng.random(n) < 0.5, rng.normal(0, 1e-6, n), rng.normal(0, 1, n))
+        else:
+            keys = rng.standard_normal(n)
+        keys = keys.astype(dtype)
+        start = int(rng.integers(0, n))
+        stop = int(rng.integers(start + 1, min(n, start + widest) + 1))
+        relevant = keys[start:stop].copy()
+        order, closer = _closer_counts(keys, start, stop, relevant, scratch)
+        nearest_first = np.lexsort((np.arange(len(relevant)), -relevant.astype(np.float64)))
+        others = np.concatenate([keys[:start], keys[stop:]])
+        expected = [(others > relevant[i]).sum() for i in nearest_first]
+        assert order.tolist() == nearest_first.tolist(), trial
+        assert closer.tolist() == expected, trial
+    # relevant keys a few subnormals apart: buckets per unit beyond the precision's range
+    tiny = np.finfo(dtype).smallest_subnormal
+    keys = np.array([tiny, 0, 2 * tiny, tiny, -1, 3 * tiny, 1], dtype=dtype)
+    order, closer = _closer_counts(keys, 0, 3, keys[:3].copy(), scratch)
+    assert order.tolist() == [2, 0, 1]
+    # 3 tiny and 1 above 2 tiny and tiny (the other tiny ties, so ranks after), all but -1
+    # above 0
+    assert closer.tolist() == [2, 2, 3]
 
 
 def test_chunk_size_does_not_change_the_values():

@@ -92,9 +92,16 @@ class Closeness:
         augmented[:, dim + 1] = -scale if query else squared * scale
         return augmented
 
-    def block(self, rows: slice, columns: slice, precise: bool = False) -> torch.Tensor:
+    def block(
+        self,
+        rows: slice,
+        columns: slice,
+        precise: bool = False,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Keys (rows x columns) in the search precision (float32 for float64 input), or with
-        ``precise`` in the exact precision, from the same augmented vectors."""
+        ``precise`` in the exact precision, from the same augmented vectors; written into the
+        leading rows of ``out`` when given (a buffer as wide as ``columns``)."""
         if precise:
             if self._precise is None:
                 self._precise = (
@@ -102,8 +109,12 @@ class Closeness:
                     self._augmented(False, self.dtype),
                 )
             query, reference = self._precise
-            return query[rows] @ reference[columns].T
-        return self._query_fast[rows] @ self._reference_fast[columns].T
+        else:
+            query, reference = self._query_fast, self._reference_fast
+        query, reference = query[rows], reference[columns]
+        if out is None:
+            return query @ reference.T
+        return torch.mm(query, reference.T, out=out[: len(query)])
 
     def block_margins(self, rows: slice, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds on the error of ``block(rows, columns)``: one per row (over the block's

@@ -16,6 +16,7 @@ import torch
 
 from hierpipe.core.errors import HierpipeError
 from hierpipe.core.hierarchy import ClassTree
+from hierpipe.core.kernel_threads import thread_runs
 from hierpipe.core.validation import check_label_range, check_number
 from hierpipe.evaluation.metrics.closeness import Closeness
 from hierpipe.evaluation.metrics.retrieval import (
@@ -85,13 +86,18 @@ def hierarchical_ranking_metrics(
     group_stop = torch.searchsorted(ref_top, top[q_labels], right=True).numpy()
     own_column = np.arange(len(q)) if self_reference else np.full(len(q), -1)
     weights = (np.arange(tree.max_depth + 1) / tree.max_depth) ** alpha
+    discount = np.zeros(len(ref) + 1)  # NDCG's 1 / log2(1 + rank), by rank
+    discount[1:] = 1 / np.log2(1 + np.arange(1, len(ref) + 1))
     closeness = Closeness(q, ref, distance, curvature)
-    # every reference for a chunk of queries: rows x len(ref) keys, O(chunk_size^2) memory
-    rows_per_chunk = max(1, min(len(q), 4 * chunk_size * chunk_size // len(ref)))
+    # every reference for a chunk of queries: rows x len(ref) keys, O(chunk_size^2) memory,
+    # in one buffer (a fresh one per chunk would fault its pages in again)
+    rows_per_chunk = max(1, min(len(q), 8 * chunk_size * chunk_size // len(ref)))
+    block = torch.empty((rows_per_chunk, len(ref)), dtype=q.dtype, device=q.device)
     values = np.zeros((len(q), len(NAMES) + 1))
     for start in range(0, len(q), rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
-        keys = closeness.block(rows, slice(0, len(ref)), precise=True).cpu().numpy()
+        keys = closeness.block(rows, slice(0, len(ref)), precise=True, out=block)
+        keys = keys.cpu().numpy()
         _rank_rows(
             keys,
             q_labels[rows].numpy(),
@@ -102,6 +108,8 @@ def hierarchical_ranking_metrics(
             ancestors,
             weights,
             relevance == "population",
+            discount,
+            thread_runs(len(keys)),
             values[rows],
         )
     scored = values[:, -1] > 0
@@ -129,33 +137,38 @@ def _rank_rows(
     ancestors: np.ndarray,
     weights: np.ndarray,
     by_population: bool,
+    discount: np.ndarray,
+    runs: np.ndarray,
     values: np.ndarray,
 ) -> None:
     """Each query's H-AP, ASI, NDCG and whether it has relevant references (1 or 0), into
-    ``values`` (rows x 4), from its keys against every reference (``keys``, rows x refs)."""
-    for q in numba.prange(keys.shape[0]):
-        relevant_keys, depth, population = _relevant_set(
-            keys[q],
-            q_labels[q],
-            ref_labels,
-            group_start[q],
-            group_stop[q],
-            own_column[q],
-            ancestors,
-        )
-        if len(depth) == 0:
-            continue
-        order, below, ascending, lowest, scale = _sorted_on_grid(relevant_keys)
-        closer = _closer_outside(
-            keys[q], group_start[q], group_stop[q], ascending, below, lowest, scale
-        )
-        rank = np.arange(1, len(depth) + 1) + closer
-        depth = depth[order[::-1]]  # nearest first
-        relevance_of = weights / np.maximum(population, 1) if by_population else weights
-        values[q, 0] = _h_ap(depth, rank, relevance_of)
-        values[q, 1] = _asi(depth, rank)
-        values[q, 2] = _ndcg(depth, rank)
-        values[q, 3] = 1.0
+    ``values`` (rows x 4), from its keys against every reference (``keys``, rows x refs);
+    each thread takes one run of rows (``runs``) with its own scratch arrays."""
+    widest = max(1, (group_stop - group_start).max())
+    for t in numba.prange(len(runs) - 1):
+        scratch = _scratch(widest, keys.shape[1])
+        for q in range(runs[t], runs[t + 1]):
+            relevant_keys, depth, population = _relevant_set(
+                keys[q],
+                q_labels[q],
+                ref_labels,
+                group_start[q],
+                group_stop[q],
+                own_column[q],
+                ancestors,
+            )
+            if len(depth) == 0:
+                continue
+            order, closer = _closer_counts(
+                keys[q], group_start[q], group_stop[q], relevant_keys, scratch
+            )
+            rank = np.arange(1, len(depth) + 1) + closer
+            depth = depth[order]  # nearest first
+            relevance_of = weights / np.maximum(population, 1) if by_population else weights
+            values[q, 0] = _h_ap(depth, rank, relevance_of)
+            values[q, 1] = _asi(depth, rank)
+            values[q, 2] = _ndcg(depth, rank, discount)
+            values[q, 3] = 1.0
 
 
 @numba.njit(cache=True)
@@ -192,130 +205,121 @@ def _relevant_set(
     return relevant_keys, depth, population
 
 
-# Buckets per relevant key: enough that most buckets hold at most one; a bucket holding more
-# than _CROWDED keys (ties, or keys bunched far from the rest) makes sorting fall back to argsort.
-_BUCKETS_PER_KEY = 4
-_CROWDED = 64
+# Buckets per relevant key of the grid over a query's relevant keys: fine enough that a
+# bucket rarely holds more than two relevant keys, which every other key is compared with.
+_BUCKETS_PER_KEY = 8
+# relevant keys per bucket that every key is compared with (written out in `_closer_counts`);
+# more, and it is searched
+_STEPS = 2
+# relevant keys in one bucket beyond which they are sorted by comparison, not by insertion
+_CROWDED = 32
 
 
 @numba.njit(cache=True)
-def _bucket(key: float, lowest: float, scale: float, buckets: int) -> int:
-    """The bucket of ``key``: one rounded expression, monotone in the key, so that a key in
-    a lower bucket is smaller."""
-    return min(int((key - lowest) * scale), buckets - 1)
+def _scratch(widest: int, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One thread's scratch arrays for `_closer_counts`, sized for its widest relevant set
+    and its rows' length: the count of relevant keys below each bucket, and per column its
+    bucket and the columns to search."""
+    return (
+        np.zeros(_BUCKETS_PER_KEY * widest + 4, dtype=np.int32),
+        np.empty(columns, dtype=np.int32),
+        np.empty(columns, dtype=np.int32),
+    )
+
+
+@numba.njit(cache=True, inline="always")
+def _bucket(key: float, lowest: float, scale: float, bounds: tuple) -> np.int32:
+    """The bucket of ``key`` in the grid from ``lowest`` with ``scale`` buckets per unit,
+    clipped to ``bounds`` (-1, buckets) in the keys' precision: one rounded expression,
+    monotone in the key, so that a key in a lower bucket is smaller."""
+    return np.int32(min(max((key - lowest) * scale, bounds[0]), bounds[1])) + 1
 
 
 @numba.njit(cache=True)
-def _sorted_on_grid(
-    keys: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
-    """A query's relevant keys on a grid of equal buckets over their range: ``order``
-    (ascending, ties by index descending, so that read backwards, nearest first, ties go by
-    index), sorted by bucket and then within each bucket; the number of keys in lower buckets
-    ``below`` (buckets + 1), the grid's ``lowest`` and ``scale``."""
-    m = len(keys)
+def _closer_counts(
+    keys: np.ndarray, start: int, stop: int, relevant_keys: np.ndarray, scratch: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """The order of the relevant keys nearest first (equal keys by index), and for each, in
+    that order, the number of ``keys`` outside columns start..stop-1 closer than it (larger);
+    a key equal to a relevant one ranks after it.
+
+    The relevant keys' range is cut into equal buckets (0 below it, ``buckets`` + 1 above),
+    and the relevant keys are sorted by bucket (counting) and within it (insertion). Another
+    key has as many relevant keys below it as lie in lower buckets, plus those in its own
+    bucket that are smaller: at most ``_STEPS`` comparisons without a branch, or a search in
+    the rare bucket that holds more."""
+    first, bucket_of_column, searched = scratch
+    m = len(relevant_keys)
     buckets = _BUCKETS_PER_KEY * m
-    lowest = np.float64(keys.min())
-    span = np.float64(keys.max()) - lowest
-    scale = (buckets - 1) / span if span > 0 else 0.0
-    bucket = np.empty(m, dtype=np.int64)
-    below = np.zeros(buckets + 1, dtype=np.int64)
+    lowest = relevant_keys.min()
+    span = np.float64(relevant_keys.max()) - np.float64(lowest)
+    # finite and positive, so that no key's bucket is NaN; relevant keys all equal, or too
+    # close for the precision, may then share a bucket
+    scale = (buckets - 1) / span if span > 0 else 1.0
+    scale = keys.dtype.type(min(scale, np.finfo(keys.dtype).max))
+    bounds = (keys.dtype.type(-1.0), keys.dtype.type(buckets))
+    for column in range(len(keys)):  # a loop that vectorises
+        bucket_of_column[column] = _bucket(keys[column], lowest, scale, bounds)
+    # first[b]: relevant keys in buckets below b. Counted at b + 2 and summed, first[b + 1]
+    # is where bucket b starts; placing the keys moves it to where bucket b + 1 starts.
+    bucket_of = np.empty(m, dtype=np.int32)
+    fullest = 0
     for i in range(m):
-        bucket[i] = _bucket(keys[i], lowest, scale, buckets)
-        below[bucket[i] + 1] += 1
-    crowded = below.max() > _CROWDED
-    for b in range(buckets):
-        below[b + 1] += below[b]
-    # one array written in both branches: numba compiles a slower loop when `order` is
-    # assigned two differently made arrays
+        bucket_of[i] = _bucket(relevant_keys[i], lowest, scale, bounds)
+        first[bucket_of[i] + 2] += 1
+        fullest = max(fullest, first[bucket_of[i] + 2])
+    for b in range(1, buckets + 4):
+        first[b] += first[b - 1]
+    # ascending, ties by index descending, so that read backwards, nearest first, ties go by
+    # index
     order = np.empty(m, dtype=np.int64)
-    if crowded:
-        order[:] = np.argsort(-keys, kind="mergesort")[::-1]
-        return order, below, keys[order], lowest, scale
-    slot = below.copy()
-    for i in range(m):
-        order[slot[bucket[i]]] = i
-        slot[bucket[i]] += 1
-    for b in range(buckets):
-        if below[b + 1] - below[b] > 1:
-            _insertion_sort(order, below[b], below[b + 1], keys)
-    return order, below, keys[order], lowest, scale
-
-
-@numba.njit(cache=True)
-def _closer_outside(
-    keys: np.ndarray,
-    start: int,
-    stop: int,
-    ascending: np.ndarray,
-    below: np.ndarray,
-    lowest: float,
-    scale: float,
-) -> np.ndarray:
-    """For each relevant key (``ascending`` on its grid), nearest first, the number of
-    ``keys`` outside columns start..stop-1 closer than it (larger); a key equal to a relevant
-    one ranks after it. Keys below the farthest relevant one are skipped; the others are
-    placed with one comparison when their bucket holds at most one relevant key (its pivot),
-    else by search within the bucket."""
-    m, buckets = len(ascending), len(below) - 1
-    pivot = np.full(buckets, np.inf, dtype=ascending.dtype)
-    crowded = np.zeros(buckets, dtype=np.bool_)
-    for b in range(buckets):
-        if below[b + 1] - below[b] == 1:
-            pivot[b] = ascending[below[b]]
-        crowded[b] = below[b + 1] - below[b] > 1
-    # sides[2b]: keys in bucket b not above its pivot; sides[2b + 1]: above it
-    sides = np.zeros(2 * buckets, dtype=np.int32)
-    placed = np.zeros(m + 1, dtype=np.int64)  # by the number of relevant keys below
-    grid = (ascending, below, pivot, crowded, lowest, scale)
-    _place(keys[:start], grid, sides, placed)
-    _place(keys[stop:], grid, sides, placed)
-    for b in range(buckets):
-        if not crowded[b]:
-            placed[below[b]] += sides[2 * b]
-            placed[below[b + 1]] += sides[2 * b + 1]
-    # a key with k relevant keys below it is closer than the k farthest; nearest first,
-    # position p has m - p - 1 below it
-    closer = np.zeros(m, dtype=np.int64)
+    if fullest > _CROWDED:  # many ties, or keys bunched far from the rest
+        order[:] = np.argsort(-relevant_keys, kind="mergesort")[::-1]
+        for b in range(1, buckets + 3):
+            first[b] = first[b + 1]
+    else:  # by bucket, each bucket's keys by index descending, then sorted within buckets
+        for i in range(m - 1, -1, -1):
+            order[first[bucket_of[i] + 1]] = i
+            first[bucket_of[i] + 1] += 1
+        for i in range(1, m):
+            item = order[i]
+            j = i - 1
+            while j >= 0 and (
+                relevant_keys[order[j]] > relevant_keys[item]
+                or (relevant_keys[order[j]] == relevant_keys[item] and order[j] < item)
+            ):
+                order[j + 1] = order[j]
+                j -= 1
+            order[j + 1] = item
+    ascending = np.full(m + _STEPS, np.inf, dtype=keys.dtype)  # inf: stop past the last
+    ascending[:m] = relevant_keys[order]
+    # placed[k]: keys with k relevant keys below. Unsigned indices: numba then leaves out
+    # the wraparound of negative ones, which doubles this loop's time.
+    placed = np.zeros(m + 1, dtype=np.int64)
+    one, n_searched = np.uintp(1), np.uintp(0)
+    for part in range(2):
+        columns = range(0, start) if part == 0 else range(stop, len(keys))
+        for column in columns:
+            s, b = keys[column], np.uintp(bucket_of_column[column])
+            crowded = first[b + one] - first[b] > _STEPS
+            # the bucket's relevant keys are sorted: both comparisons at once
+            k = np.uintp(first[b])
+            k += np.uintp(ascending[k] < s) + np.uintp(ascending[k + one] < s)
+            placed[k] += not crowded
+            searched[n_searched] = column
+            n_searched += np.uintp(crowded)
+    for c in range(n_searched):
+        s, b = keys[searched[c]], bucket_of_column[searched[c]]
+        placed[first[b] + np.searchsorted(ascending[first[b] : first[b + 1]], s)] += 1
+    # nearest first, position p is ascending[m - 1 - p]: closer are the keys with more than
+    # m - 1 - p relevant keys below
+    closer = np.empty(m, dtype=np.int64)
     running = 0
     for p in range(m):
         running += placed[m - p]
         closer[p] = running
-    return closer
-
-
-@numba.njit(cache=True)
-def _place(keys: np.ndarray, grid: tuple, sides: np.ndarray, placed: np.ndarray) -> None:
-    """Count each key above the farthest relevant one into ``sides`` by its bucket's pivot,
-    or, in a bucket of several relevant keys, into ``placed`` by search."""
-    ascending, below, pivot, crowded, lowest, scale = grid
-    m, buckets = len(ascending), len(pivot)
-    farthest = ascending[0]
-    for s in keys:
-        if s <= farthest:
-            continue
-        b = _bucket(s, lowest, scale, buckets)
-        if not crowded[b]:
-            sides[2 * b + (s > pivot[b])] += 1
-        else:
-            smaller = below[b]
-            while smaller < m and ascending[smaller] < s:
-                smaller += 1
-            placed[smaller] += 1
-
-
-@numba.njit(cache=True)
-def _insertion_sort(order: np.ndarray, start: int, stop: int, keys: np.ndarray) -> None:
-    """order[start:stop] by key ascending, ties by index descending."""
-    for i in range(start + 1, stop):
-        item = order[i]
-        j = i - 1
-        while j >= start and (
-            keys[order[j]] > keys[item] or (keys[order[j]] == keys[item] and order[j] < item)
-        ):
-            order[j + 1] = order[j]
-            j -= 1
-        order[j + 1] = item
+    first[: buckets + 4] = 0
+    return order[::-1], closer
 
 
 @numba.njit(cache=True)
@@ -339,19 +343,19 @@ def _asi(depth: np.ndarray, rank: np.ndarray) -> float:
     """Mean over n <= N of |depths of the top n & of the ideal top n| / n (multisets)."""
     m = len(depth)
     levels = depth.max()
-    at_rank = np.zeros((levels + 1, m + 1), dtype=np.int64)
     in_level = np.zeros(levels + 1, dtype=np.int64)
     for k in range(m):
         in_level[depth[k]] += 1
-        if rank[k] <= m:
-            at_rank[depth[k], rank[k]] += 1
     retrieved = np.zeros(levels + 1, dtype=np.int64)
     total = 0.0
+    k = 0  # ranks increase along the nearest-first order, one relevant reference per rank
     for n in range(1, m + 1):
+        if rank[k] == n:
+            retrieved[depth[k]] += 1
+            k += 1
         shared = 0
         above = 0  # the ideal ranking lists deeper levels first
         for level in range(levels, 0, -1):
-            retrieved[level] += at_rank[level, n]
             ideal = min(max(n - above, 0), in_level[level])
             shared += min(retrieved[level], ideal)
             above += in_level[level]
@@ -360,13 +364,19 @@ def _asi(depth: np.ndarray, rank: np.ndarray) -> float:
 
 
 @numba.njit(cache=True)
-def _ndcg(depth: np.ndarray, rank: np.ndarray) -> float:
-    """Gain 2^l - 1 discounted by log2(1 + rank), over the ideal ranking's."""
+def _ndcg(depth: np.ndarray, rank: np.ndarray, discount: np.ndarray) -> float:
+    """Gain 2^l - 1 discounted by log2(1 + rank) (``discount[r]`` = 1 / log2(1 + r)), over
+    the ideal ranking's, which lists deeper levels first."""
+    levels = depth.max()
+    in_level = np.zeros(levels + 1, dtype=np.int64)
     dcg = 0.0
     for k in range(len(depth)):
-        dcg += (2.0 ** depth[k] - 1) / np.log2(1 + rank[k])
-    ideal = np.sort(depth)[::-1]
+        dcg += (2.0 ** depth[k] - 1) * discount[rank[k]]
+        in_level[depth[k]] += 1
     best = 0.0
-    for n in range(len(ideal)):
-        best += (2.0 ** ideal[n] - 1) / np.log2(2 + n)
+    n = 1
+    for level in range(levels, 0, -1):
+        for _ in range(in_level[level]):
+            best += (2.0**level - 1) * discount[n]
+            n += 1
     return dcg / best
