@@ -166,8 +166,9 @@ def _rank_rows(
             depth = depth[order]  # nearest first
             relevance_of = weights / np.maximum(population, 1) if by_population else weights
             values[q, 0] = _h_ap(depth, rank, relevance_of)
-            values[q, 1] = _asi(depth, rank)
-            values[q, 2] = _ndcg(depth, rank, discount)
+            in_level = np.bincount(depth)  # relevant references per shared depth
+            values[q, 1] = _asi(depth, rank, in_level)
+            values[q, 2] = _ndcg(depth, rank, in_level, discount)
             values[q, 3] = 1.0
 
 
@@ -339,13 +340,11 @@ def _h_ap(depth: np.ndarray, rank: np.ndarray, relevance_of: np.ndarray) -> floa
 
 
 @numba.njit(cache=True)
-def _asi(depth: np.ndarray, rank: np.ndarray) -> float:
-    """Mean over n <= N of |depths of the top n & of the ideal top n| / n (multisets)."""
+def _asi(depth: np.ndarray, rank: np.ndarray, in_level: np.ndarray) -> float:
+    """Mean over n <= N of |depths of the top n & of the ideal top n| / n (multisets);
+    ``in_level``: the relevant references at each depth."""
     m = len(depth)
-    levels = depth.max()
-    in_level = np.zeros(levels + 1, dtype=np.int64)
-    for k in range(m):
-        in_level[depth[k]] += 1
+    levels = len(in_level) - 1
     retrieved = np.zeros(levels + 1, dtype=np.int64)
     total = 0.0
     k = 0  # ranks increase along the nearest-first order, one relevant reference per rank
@@ -364,18 +363,15 @@ def _asi(depth: np.ndarray, rank: np.ndarray) -> float:
 
 
 @numba.njit(cache=True)
-def _ndcg(depth: np.ndarray, rank: np.ndarray, discount: np.ndarray) -> float:
+def _ndcg(depth: np.ndarray, rank: np.ndarray, in_level: np.ndarray, discount: np.ndarray) -> float:
     """Gain 2^l - 1 discounted by log2(1 + rank) (``discount[r]`` = 1 / log2(1 + r)), over
-    the ideal ranking's, which lists deeper levels first."""
-    levels = depth.max()
-    in_level = np.zeros(levels + 1, dtype=np.int64)
+    the ideal ranking's, which lists deeper levels first (``in_level`` at each depth)."""
     dcg = 0.0
     for k in range(len(depth)):
         dcg += (2.0 ** depth[k] - 1) * discount[rank[k]]
-        in_level[depth[k]] += 1
     best = 0.0
     n = 1
-    for level in range(levels, 0, -1):
+    for level in range(len(in_level) - 1, 0, -1):
         for _ in range(in_level[level]):
             best += (2.0**level - 1) * discount[n]
             n += 1
