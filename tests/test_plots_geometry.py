@@ -2,6 +2,8 @@
 reject bad input by name; the Poincaré projection keeps distances to the origin in order."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,6 +112,34 @@ def test_umap_maps_render_deterministically(umap_pngs):
     sphere_1, sphere_2, euclidean = umap_pngs
     assert sphere_1 == sphere_2
     assert euclidean != sphere_1
+
+
+# One UMAP layout in a fresh process: the layout, and how many of its epochs' kernel
+# compilations numba loaded from its on-disk cache.
+_UMAP_IN_A_PROCESS = """
+import sys
+import numpy as np
+from hierpipe.reporting.plots.embedding_map import _umap, _umap_layout
+points = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float32)
+np.save(sys.argv[1], _umap_layout(points, "euclidean", seed=3))
+kernel = _umap().layouts._nb_optimize_layout_euclidean_single_epoch
+print(sum(kernel.stats.cache_hits.values()))
+"""
+
+
+def test_umap_kernels_compile_once_and_lay_out_the_same_from_the_cache(tmp_path):
+    hits = []
+    for run in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", _UMAP_IN_A_PROCESS, str(tmp_path / f"{run}.npy")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        hits.append(int(result.stdout.split()[-1]))
+    assert hits[1] > 0  # the second process compiled nothing: it loaded the first's code
+    assert np.array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
 
 
 def test_poincare_map_renders_deterministically(tmp_path):

@@ -8,20 +8,21 @@ which is exactly geoopt 0.5's ``PoincareBall(c)`` (it stores ``c`` as a positive
 and reports ``k = -c``) and hyptorch's ``c``.
 """
 
+from __future__ import annotations
+
+import functools
 import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# geoopt decorates its maps with torch.jit.script, which torch now deprecates with a
-# FutureWarning on import: noise on stderr of every `hierpipe` command, nothing to act on.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-    import geoopt
-    from geoopt.manifolds.stereographic import math as stereographic
-
 from hierpipe.core.errors import HierpipeError
+
+if TYPE_CHECKING:
+    import geoopt
 
 METRICS = ("cosine", "chord", "euclidean", "squared_chord", "poincare")
 
@@ -64,6 +65,20 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@functools.cache
+def _geoopt() -> tuple[ModuleType, ModuleType]:
+    """geoopt and its stereographic maths, imported on first use: geoopt's package imports its
+    optimisers and with them scipy.optimize, 0.7 s of every job's start-up, which jobs without
+    a Poincaré ball need not pay."""
+    # geoopt decorates its maps with torch.jit.script, which torch now deprecates with a
+    # FutureWarning on import: noise on stderr of every `hierpipe` command, nothing to act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        import geoopt
+        from geoopt.manifolds.stereographic import math as stereographic
+    return geoopt, stereographic
+
+
 def poincare_ball(curvature: float) -> geoopt.PoincareBall:
     """geoopt's Poincaré ball of radius ``1/sqrt(curvature)`` (sectional curvature ``-c``).
 
@@ -71,6 +86,7 @@ def poincare_ball(curvature: float) -> geoopt.PoincareBall:
     tensor it does not change the dtype of float32 inputs.
     """
     c = _check_curvature(curvature)
+    geoopt, _ = _geoopt()
     return geoopt.PoincareBall(c=torch.tensor(c, dtype=torch.float64))
 
 
@@ -123,6 +139,7 @@ def to_poincare(
     float32.
     """
     ball = poincare_ball(curvature)
+    _, stereographic = _geoopt()
     u = clip_features(_at_least_float32(x), clip_r)
     # geoopt's maps are TorchScript functions; the JIT's optimised graph, swapped in after a
     # few calls, rounds differently, which would make a run's bits depend on how many calls

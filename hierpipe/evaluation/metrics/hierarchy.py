@@ -17,7 +17,6 @@ import dendropy
 import numpy as np
 import torch
 from dendropy.calculate import treecompare
-from scipy import stats
 from scipy.cluster.hierarchy import linkage
 from scipy.integrate import trapezoid
 from scipy.spatial.distance import squareform
@@ -82,6 +81,10 @@ def _check_pair(rep_dist: object, tree_dist: object) -> tuple[np.ndarray, np.nda
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    # Imported here: scipy.stats takes 0.5 s to import, which training and export, importing
+    # the metrics for validation, need not pay.
+    from scipy import stats
+
     # A constant column has no defined correlation; NaN is the documented outcome.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
@@ -112,6 +115,8 @@ def classwise_spearman(
     rho = np.tanh(np.mean(np.arctanh(np.clip(rs[defined], -_R_CLIP, _R_CLIP))))
     # Two-point columns (C = 3 without the self-entry) have r = ±1 but no p-value.
     ps = ps[~np.isnan(ps)]
+    from scipy import stats  # as in _spearman, which has loaded it by now
+
     return float(rho), float(stats.hmean(ps)) if len(ps) else float("nan")
 
 

@@ -34,9 +34,10 @@ _METADATA = {
 }
 
 
-def new_figure(width: float, height: float) -> Figure:
-    """A blank figure of `width` x `height` inches (100 px per inch in the PNG)."""
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+def new_figure(width: float, height: float, *, constrained: bool = True) -> Figure:
+    """A blank figure of `width` x `height` inches (100 px per inch in the PNG), laid out by
+    matplotlib's constrained layout unless the caller places every axes itself."""
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained" if constrained else None)
 
 
 def save_figure(figure: Figure, stem: str | Path) -> list[Path]:

@@ -8,6 +8,9 @@ proxies from the root to the leaves, and a UMAP layout would discard it.
 
 from __future__ import annotations
 
+import functools
+import sys
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +29,7 @@ from hierpipe.core.validation import check_in_ball, check_int, check_points, cla
 from hierpipe.evaluation.metrics.induced_tree import depths_from_origin, nearest_shallower
 from hierpipe.reporting.plots.canvas import group_legend_handles, new_figure, superclass_colours
 
-if TYPE_CHECKING:  # imported for real by hierpipe.core.geometry, with its warning silenced
+if TYPE_CHECKING:  # imported for real, on first use, by hierpipe.core.geometry, warning silenced
     import geoopt
 
 SPACES = ("euclidean", "sphere", "poincare")
@@ -82,12 +85,30 @@ def project_ball_to_disk(points: np.ndarray, curvature: float, fit_on: np.ndarra
         return ball.expmap0(torch.from_numpy(coordinates)).numpy()
 
 
-def _umap_layout(points: np.ndarray, space: str, seed: int) -> np.ndarray:
+@functools.cache
+def _umap() -> ModuleType:
+    """umap-learn, its numba kernels cached on disk as hierpipe's own are.
+
+    umap-learn and pynndescent do not ask numba to cache their kernels, so every process
+    compiled them afresh: about 10 s of each figures job. numba's cache keeps the compiled
+    code, keyed by the kernel's source and argument types, so the layouts are the same bit for
+    bit; it lies beside their sources, or in the user's cache when those are read-only.
+    """
     # Imported here: umap-learn takes about 2 s to import (numba), which every other user of
     # the figures would pay.
     import umap
+    from numba.core.registry import CPUDispatcher
 
-    reducer = umap.UMAP(
+    for name, module in list(sys.modules.items()):
+        if module is not None and name.split(".")[0] in ("umap", "pynndescent"):
+            for kernel in vars(module).values():
+                if isinstance(kernel, CPUDispatcher):
+                    kernel.enable_caching()
+    return umap
+
+
+def _umap_layout(points: np.ndarray, space: str, seed: int) -> np.ndarray:
+    reducer = _umap().UMAP(
         n_components=2,
         n_neighbors=min(15, len(points) - 1),
         metric=_UMAP_METRIC[space],

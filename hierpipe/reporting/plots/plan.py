@@ -15,8 +15,9 @@ from typing import Any
 from hierpipe.core.config import grid, resolve_run_config, run_id
 
 # Figure kinds: rendering group and report category. Each group is one job, so the two
-# render side by side; the maps carry UMAP's compilation (about 10 s), so the training
-# curves join them to even out the two jobs' times.
+# render side by side; the maps carry UMAP's import and layouts and the plots the retrieval
+# examples' image grids (about 10 s each in the default experiment), so the training curves
+# join the maps to even out the two jobs' times.
 KINDS = {
     "embedding_map": ("maps", "Embeddings"),
     "tree_comparison": ("plots", "Learned trees"),
