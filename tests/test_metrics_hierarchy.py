@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from hierpipe.evaluation.metrics import (
     nearest_neighbours,
     robinson_foulds,
 )
+from hierpipe.evaluation.metrics.hierarchy import _spearman
 
 # Two top-level groups of four leaves each: siblings at distance 2, cousins at distance 4.
 GROUPS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -53,6 +55,22 @@ def test_classwise_matches_per_column_scipy_loop(include_self):
     rho, p = classwise_spearman(rep, TREE, include_self=include_self)
     assert rho == pytest.approx(_fisher_mean(rs), abs=1e-12)
     assert p == pytest.approx(len(ps) / sum(1 / q for q in ps), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 9, 40, 300])
+@pytest.mark.parametrize("levels", [1, 2, 5, 10_000])
+def test_spearman_is_scipys_with_ties_constants_and_few_points(n, levels):
+    rng = np.random.default_rng(n * levels)
+    for _ in range(5):
+        a = rng.integers(0, levels, n).astype(float)
+        b = rng.integers(0, max(levels // 2, 1), n) + 0.3 * a
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)
+            expected = stats.spearmanr(a, b)
+        rho, p = _spearman(a, b)
+        assert rho == pytest.approx(expected.statistic, abs=1e-12, nan_ok=True)
+        # at |rho| = 1 the p-value is 0, or within rounding of it (scipy: 1 - 2e-16 gives 5e-56)
+        assert p == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-12, nan_ok=True)
 
 
 def test_monotone_transform_of_the_tree_gives_rho_one_and_stays_finite():
