@@ -186,16 +186,26 @@ def test_image_table_dataset_unreadable_images(dataset: Path, tmp_path: Path) ->
         ImageTableDataset(tmp_path, [1, 2], ["a.png"], [0], build_transform(image_size=16))
 
 
-def test_preloaded_images_give_the_same_tensors(dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment", ["none", "flip"])
+def test_preloaded_images_give_the_same_tensors(
+    augment: str, dataset: Path, tmp_path: Path
+) -> None:
     samples, _ = read_dataset(dataset)
     rows = samples.iloc[:12]
     arguments = (dataset, rows["sample_id"], list(rows["path"]), rows["label"])
-    from_disk = ImageTableDataset(*arguments, build_transform(image_size=16))
-    in_memory = ImageTableDataset(*arguments, build_transform(image_size=16), preload=True)
-    assert in_memory.pixels is not None and in_memory.pixels[0].dtype == np.uint8
+    transform = build_transform(augment, image_size=16)
+    from_disk = ImageTableDataset(*arguments, transform)
+    in_memory = ImageTableDataset(*arguments, transform, preload=True)
+    if transform.random:  # the pixels are kept, and augmented afresh at every read
+        assert in_memory.tensors is None and in_memory.pixels[0].dtype == np.uint8
+    else:  # the transform's output is kept
+        assert in_memory.pixels is None and len(in_memory.tensors) == len(rows)
     for index in range(len(rows)):
-        torch.testing.assert_close(in_memory[index][0], from_disk[index][0], rtol=0, atol=0)
-        assert in_memory[index][1:] == from_disk[index][1:]
+        torch.manual_seed(index)  # the same flips on both sides
+        expected = from_disk[index]
+        torch.manual_seed(index)
+        torch.testing.assert_close(in_memory[index][0], expected[0], rtol=0, atol=0)
+        assert in_memory[index][1:] == expected[1:]
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n but then garbage")
     with pytest.raises(HierpipeError, match=r"sample 7: cannot read image .*bad\.png"):
         ImageTableDataset(tmp_path, [7], ["bad.png"], [0], build_transform(), preload=True)

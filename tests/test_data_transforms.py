@@ -59,3 +59,30 @@ def test_evaluation_never_augments_and_training_follows_the_settings():
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(HierpipeError, match=message):
         build_transform(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("augment", "training", "random"),
+    [
+        ("none", True, False),
+        ("flip", True, True),
+        ("affine", True, True),
+        ("flip", False, False),
+        ("affine", False, False),
+    ],
+)
+def test_a_transform_says_whether_it_augments(augment, training, random):
+    transform = build_transform(augment, 8, training=training)
+    assert transform.random is random
+    image = _image(12, 10)
+    # a fixed transform gives one tensor per image, whatever the random state
+    if not random:
+        torch.manual_seed(0)
+        first = transform(image)
+        torch.manual_seed(1)
+        torch.testing.assert_close(transform(image), first, rtol=0, atol=0)
+
+
+def test_random_resized_crop_augments_in_training_only():
+    assert build_transform("random_resized_crop", 16, training=True).random
+    assert not build_transform("random_resized_crop", 16, training=False).random

@@ -20,7 +20,10 @@ class ImageTableDataset(Dataset):
 
     ``preload=True`` decodes every image once, up front, and keeps the pixels in memory as
     uint8 arrays (CIFAR-100's 60,000 images take 184 MB): epochs then never touch the disk
-    or the decoder, and DataLoader workers share the arrays copy-on-write.
+    or the decoder, and DataLoader workers share the arrays copy-on-write. A transform that
+    does not augment (``random`` False, as ``build_transform`` sets it) is applied once too,
+    and its float tensors are kept instead (four bytes a value): an epoch of the default
+    experiment's 32 x 32 images then costs no per-image work at all.
     """
 
     def __init__(
@@ -43,7 +46,10 @@ class ImageTableDataset(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
         self.pixels: list[np.ndarray] | None = None
-        if preload:
+        self.tensors: list[torch.Tensor] | None = None
+        if preload and not getattr(transform, "random", True):
+            self.tensors = [transform(self._decode(i)) for i in range(len(self.paths))]
+        elif preload:
             self.pixels = [np.asarray(self._decode(i)) for i in range(len(self.paths))]
 
     def __len__(self) -> int:
@@ -60,6 +66,9 @@ class ImageTableDataset(Dataset):
             ) from exc
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        label, sample_id = int(self.labels[index]), int(self.sample_ids[index])
+        if self.tensors is not None:
+            return self.tensors[index], label, sample_id
         cached = self.pixels is not None
         rgb = Image.fromarray(self.pixels[index]) if cached else self._decode(index)
-        return self.transform(rgb), int(self.labels[index]), int(self.sample_ids[index])
+        return self.transform(rgb), label, sample_id

@@ -9,8 +9,11 @@ MultiTransforms).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+from PIL import Image
 from torchvision import transforms
 
 from hierpipe.core.errors import HierpipeError
@@ -28,6 +31,18 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
 _EVAL_RESIZE_RATIO = 256 / 224
 
 
+@dataclass(frozen=True)
+class ImageTransform:
+    """A recipe's transform, PIL image -> float tensor. ``random`` when it augments: a fixed
+    one gives the same tensor for an image every time, which a dataset may keep."""
+
+    steps: Callable[[Image.Image], torch.Tensor]
+    random: bool
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.steps(image)
+
+
 def build_transform(
     augment: str = "none",
     image_size: int | None = None,
@@ -35,7 +50,7 @@ def build_transform(
     training: bool = True,
     crop_scale_min: float = 0.08,
     normalize: str = "none",
-) -> Callable:
+) -> ImageTransform:
     """The training (`training=True`) or evaluation transform of a recipe.
 
     `image_size` None keeps images at their size (the generated `shapes` are all alike);
@@ -84,10 +99,10 @@ def build_transform(
     statistics = NORMALIZATIONS[normalize]
     if statistics is not None:
         steps.append(transforms.Normalize(*statistics))
-    return transforms.Compose(steps)
+    return ImageTransform(transforms.Compose(steps), random=training and augment != "none")
 
 
-def recipe_transforms(settings: TrainConfig) -> tuple[Callable, Callable]:
+def recipe_transforms(settings: TrainConfig) -> tuple[ImageTransform, ImageTransform]:
     """(training, evaluation) transforms of a run's train settings."""
     options = {
         "image_size": settings.image_size,
