@@ -178,9 +178,13 @@ def _train_run(
                     state["best_net"] = copy.deepcopy(net.state_dict())
                     state["best_objective"] = copy.deepcopy(objective.state_dict())
             state["epoch"] = epoch + 1
-            _save_checkpoint(
-                checkpoint_path, config, net, objective, optimizer, scaler, options, state
-            )
+            # The last epoch's state goes straight into the model file: a run stopped before
+            # that is written resumes from the epoch before and repeats the last, to the same
+            # bits, instead of waiting here for a checkpoint that is deleted right after.
+            if state["epoch"] < config.train.epochs:
+                _save_checkpoint(
+                    checkpoint_path, config, net, objective, optimizer, scaler, options, state
+                )
             log.info(
                 "%s epoch %d/%d loss %.4f %s %.4f (%.1fs)",
                 config.run_id,
