@@ -282,8 +282,12 @@ def test_ui_stopped_by_sigterm_stops_mlflow_and_its_workers(tmp_path):
         assert server.wait(timeout=60) == 0  # mlflow ui shuts down cleanly on the forwarded TERM
         left = [pid for pid, group in _process_groups().items() if group == ui_group]
         assert left == [], f"processes of mlflow ui left running: {left}"
-        with socket.socket() as probe:  # and the port is free again
+        with socket.socket() as probe:  # and nothing listens on the port any more
+            # SO_REUSEADDR: the connections the UI closed may linger in TIME_WAIT on the port,
+            # which only a listener, not they, should fail this bind for
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
+            probe.listen(1)
     finally:
         for group in (server.pid, ui_group):
             if group is not None:
