@@ -219,6 +219,18 @@ def test_bad_input(kwargs, match):
         retrieval_metrics(**args)
 
 
+def test_finite_embeddings_whose_sum_overflows_are_accepted():
+    # the finiteness check sums first: a sum past float32's largest number must not be taken
+    # for an Inf in the data, and an Inf that such a sum hides must still be found
+    huge = np.full((4, 2), 3e38, np.float32)
+    assert not np.isfinite(torch.from_numpy(huge).sum().item())
+    query, _ = retrieval.search_space(huge, None, "euclidean", None, 16, None)
+    assert torch.equal(query, torch.from_numpy(huge))
+    huge[2, 1] = np.inf
+    with pytest.raises(HierpipeError, match="query: expected finite values"):
+        retrieval.search_space(huge, None, "euclidean", None, 16, None)
+
+
 @pytest.mark.parametrize("distance", ["cosine", "chord", "euclidean"])
 def test_nearest_neighbours_match_argsort(data, distance):
     x = data[0].astype(np.float64)
