@@ -63,12 +63,14 @@ class Closeness:
         # Each key is one dot product of augmented vectors, so a block is one matrix product:
         # x' = [2 s_x x, -s_x ||x||^2, -s_x] and y' = [s_y y, s_y, s_y ||y||^2] give
         # s_x s_y (2 <x, y> - ||x||^2 - ||y||^2) (s = 1 but for poincare); on the sphere x, y.
-        # Rounding error of a float32 key: the dot product of D + 2 terms and the conversion
-        # of its inputs, below (D + 6) u (|x| + |y|)^2 s_x s_y, inside the margin's
-        # 4 (D + 8) u (|x| + |y|)^2 s_x s_y. Zero when blocks are exact.
+        # Rounding error of a float32 key: the conversion of its inputs (2u) and their dot
+        # product of D + 2 terms (below (D + 2) u over 1 - (D + 2) u), each times the sum of
+        # the terms' sizes, at most (|x| + |y|)^2 s_x s_y: below (D + 6) u (|x| + |y|)^2
+        # s_x s_y. The margin doubles it, for the rounding of the margins and norms
+        # themselves: 2 (D + 8) u (|x| + |y|)^2 s_x s_y. Zero when blocks are exact.
         unit = torch.finfo(self.search_dtype).eps / 2
         exact_blocks = self.search_dtype == self.dtype
-        self._error_unit = 0.0 if exact_blocks else 4 * (query.shape[1] + 8) * unit
+        self._error_unit = 0.0 if exact_blocks else 2 * (query.shape[1] + 8) * unit
         self._query_fast = self._augmented(True, self.search_dtype)
         self._reference_fast = self._augmented(False, self.search_dtype)
         self._precise: tuple[torch.Tensor, torch.Tensor] | None = None  # made on first use
