@@ -104,7 +104,8 @@ class Closeness:
         """Keys (rows x columns) in the search precision (float32 for float64 input), or with
         ``precise`` in the exact precision, from the same augmented vectors; written into the
         leading rows of ``out`` when given (a buffer as wide as ``columns``)."""
-        if precise:
+        # where the search precision is the exact one, the fast vectors are the precise ones
+        if precise and self.search_dtype != self.dtype:
             if self._precise is None:
                 self._precise = (
                     self._augmented(True, self.dtype),
