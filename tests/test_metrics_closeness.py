@@ -14,12 +14,12 @@ CURVATURE = 0.1
 
 def _points(rng: np.random.Generator, distance: str, dim: int) -> np.ndarray:
     """Points that stress the Gram form: norms spread over orders of magnitude (in the ball,
-    up to 1 - c||x||^2 of 1e-4), coordinates of one sign, and near-duplicate pairs."""
+    down to 1 - c||x||^2 of about 1e-4), coordinates of one sign, and near-duplicate pairs."""
     directions = rng.standard_normal((60, dim))
     directions[:20] = np.abs(directions[:20])
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     if distance == "poincare":
-        tangent = np.geomspace(1e-3, 4.0, len(directions))[:, None]
+        tangent = np.geomspace(1e-3, 16.5, len(directions))[:, None]
         radii = np.tanh(math.sqrt(CURVATURE) * tangent) / math.sqrt(CURVATURE)
     else:
         radii = np.geomspace(1e-2, 1e2, len(directions))[:, None]
