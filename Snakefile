@@ -36,13 +36,12 @@ include: "workflow/rules/report.smk"
 
 
 # On a cluster every job pays a scheduler's and a Snakemake's start-up (seconds to minutes in
-# the queue): writing a config file or a table runs where Snakemake runs, and so does
+# the queue): writing the resolved params or a table runs where Snakemake runs, and so does
 # obtaining the datasets, because compute nodes often have no internet (the login node then
 # downloads, extracts and decodes each image once to verify it). Each run's train, embed and
 # evaluate go out as one cluster job (`group: "run"` in the rules). Locally, groups change
 # nothing.
 localrules:
-    run_config,
     experiment_params,
     prepare_dataset,
     split_dataset,

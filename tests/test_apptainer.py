@@ -120,7 +120,7 @@ def test_every_job_ran_inside_the_image(runs, image):
     expected = {
         f"tiny/shapes/{run}/{step}.log"
         for run in RUN_IDS
-        for step in ("config", "train", "embed", "evaluate")
+        for step in ("train", "embed", "evaluate")
     }
     expected |= {
         "data/shapes/prepare.log",

@@ -1,4 +1,5 @@
 # Helpers shared by the rules: the run grid and each run's resolved config.
+import functools
 import json
 
 from hierpipe.reporting.plots.plan import FORMATS, figure_plan
@@ -45,21 +46,26 @@ wildcard_constraints:
     run=RUN_ID_PATTERN,
 
 
+@functools.cache
+def _resolved_run(dataset, run):
+    """A run's resolved config, once per run: three of its jobs' inputs and params read it."""
+    return resolve_run_config(config, dataset, *RUNS[run])
+
+
 def run_config_json(wildcards):
     """The resolved config of a run as JSON (Snakemake reruns a job when it changes); keys
     in their order, not sorted: the order of split fractions decides the split."""
-    resolved = resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run])
-    return json.dumps(resolved.to_dict())
+    return json.dumps(_resolved_run(wildcards.dataset, wildcards.run).to_dict())
 
 
 def backbone_weights(wildcards):
     """The pretrained weights file the run loads, when the workflow fetches it."""
-    weights = resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run]).backbone.weights
+    weights = _resolved_run(wildcards.dataset, wildcards.run).backbone.weights
     return [weights] if weights in WEIGHTS_FILES else []
 
 
 def split_file(wildcards):
-    return str(resolve_run_config(config, wildcards.dataset, *RUNS[wildcards.run]).split_path)
+    return str(_resolved_run(wildcards.dataset, wildcards.run).split_path)
 
 
 def prepare_options(wildcards):

@@ -1,27 +1,14 @@
-# Training: one job per (dataset, run); the run's resolved config is its own file, so a
-# change of params reruns exactly the runs it touches.
-rule run_config:
-    output:
-        f"{RUN_DIR}/config.yaml",
-    log:
-        f"{LOGS}/{{dataset}}/{{run}}/config.log",
-    benchmark:
-        f"{BENCHMARKS}/{{dataset}}/{{run}}/config.tsv"
-    params:
-        # JSON on the command line: the job (in the image) checks it against the classes
-        config=run_config_json,
-    shell:
-        "hierpipe config run --json {params.config:q} --out {output} > {log} 2>&1"
-
-
+# Training: one job per (dataset, run). The job first writes the run's resolved config
+# (params.config) as its own file: Snakemake reruns a job whose params changed, so a change of
+# params reruns exactly the runs it touches, and evaluation reads the settings trained with.
 rule train:
     input:
-        config=f"{RUN_DIR}/config.yaml",
         samples="data/{dataset}/samples.parquet",
         classes="data/{dataset}/classes.parquet",
         split=split_file,
         weights=backbone_weights,
     output:
+        config=f"{RUN_DIR}/config.yaml",
         model=f"{RUN_DIR}/model.pt",
         log=f"{RUN_DIR}/train_log.parquet",
     log:
@@ -35,13 +22,16 @@ rule train:
     resources:
         **TRAINING_RESOURCES,
     params:
+        # JSON on the command line: the job (in the image) checks it against the classes
+        config=run_config_json,
         # resumable state lives outside the declared outputs, which Snakemake deletes on failure
         checkpoint_dir=f"{RUN_DIR}/checkpoint",
     shell:
-        "python -m hierpipe.runtime.gpu_slots run --"
-        " hierpipe train --config {input.config} --model-out {output.model}"
+        "hierpipe config run --json {params.config:q} --out {output.config} > {log} 2>&1"
+        " && python -m hierpipe.runtime.gpu_slots run --"
+        " hierpipe train --config {output.config} --model-out {output.model}"
         " --log-out {output.log} --checkpoint-dir {params.checkpoint_dir}"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads} >> {log} 2>&1"
 
 
 # Each pretrained backbone's weights, fetched once where Snakemake runs (compute nodes often
