@@ -108,6 +108,15 @@ def nodes_per_level(tree) -> list[int]:
     return [len({path[: level + 1] for path in tree.paths}) for level in range(tree.max_depth)]
 
 
+@pytest.fixture(scope="session")
+def tiny_run_on_host(tmp_path_factory) -> Path:
+    """The real runtimes' tiny experiment run plainly on this machine, once for every test
+    that compares a run in the Apptainer image or through SLURM with it."""
+    from real_runtimes import run_tiny_on_host
+
+    return run_tiny_on_host(tmp_path_factory.mktemp("tiny_on_host") / "checkout")
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """The tiny experiment's generated `shapes` dataset, prepared and split, under a root."""

@@ -16,10 +16,34 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_yaml
+from conftest import REPO, TINY_PARAMS, write_yaml
 
 RUNTIMES = REPO / "tests/runtimes"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+# The tiny experiment the real runtimes run: one run per kind of job the workflow has
+# (classifier, training option, Poincaré + HIER, untrained); each train and embed job asks for
+# one GPU, of the two the jobs may share, little memory and little time.
+RUNTIME_RUN_IDS = [
+    "softmax-standard-s1",
+    "proxydr-mds-s1",
+    "pa_hier-standard-s1",
+    "random-standard-s1",
+]
+RUNTIME_PARAMS = {
+    **TINY_PARAMS,
+    "runs": [
+        {"model": "softmax"},
+        {"model": "proxydr", "options": ["mds"]},
+        {"model": "pa_hier"},
+        {"model": "random"},
+    ],
+    "resources": {
+        "training": {"gpus": 1, "threads": 1, "mem_mb": 2000, "runtime": 15},
+        "other": {"threads": 1, "mem_mb": 2000, "runtime": 15},
+    },
+}
 
 
 def require_real_runtimes() -> None:
@@ -92,6 +116,17 @@ def workflow_checkout(root: Path, params: dict) -> Path:
 def host_environment() -> dict[str, str]:
     """The tests' environment with the tests' virtualenv first on PATH (a full install)."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run_tiny_on_host(root: Path) -> Path:
+    """RUNTIME_PARAMS run plainly on this machine, from the tests' virtualenv, in a checkout
+    made at `root`: what the runs in the image and through SLURM must equal bitwise."""
+    checkout = workflow_checkout(root, RUNTIME_PARAMS)
+    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    command += ["--configfile", "params/tiny.yaml"]
+    host = host_environment()
+    run_timed(command, "the tiny experiment on the host", 1500, cwd=checkout, env=host)
+    return checkout
 
 
 # The site settings README tells SLURM users to set in their copy of the profile

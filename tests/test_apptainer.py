@@ -15,17 +15,16 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PARAMS
 from mlflow import MlflowClient
 from real_runtimes import (
+    RUNTIME_PARAMS,
+    RUNTIME_RUN_IDS,
     SYSTEM_PATH,
     apptainer_args,
     build_image,
-    host_environment,
     host_virtualenv,
     run_timed,
     workflow_checkout,
@@ -34,17 +33,6 @@ from real_runtimes import (
 from hierpipe.runtime.tracking import sanitize_metric_name
 
 pytestmark = pytest.mark.slow
-
-# one run per kind of job the workflow has: classifier, training option, Poincaré + HIER, untrained
-RUNS = [
-    {"model": "softmax"},
-    {"model": "proxydr", "options": ["mds"]},
-    {"model": "pa_hier"},
-    {"model": "random"},
-]
-RUN_IDS = ["softmax-standard-s1", "proxydr-mds-s1", "pa_hier-standard-s1", "random-standard-s1"]
-# each train and embed job asks for a GPU, of the two the jobs may share
-PARAMS = {**TINY_PARAMS, "runs": RUNS, "resources": {"training": {"gpus": 1}}}
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +47,9 @@ def host_venv(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, image, host_venv) -> tuple[Path, Path]:
+def runs(tmp_path_factory, image, host_venv, tiny_run_on_host) -> tuple[Path, Path]:
     """The tiny experiment in the image (from the Snakemake-only host) and on the host."""
-    base = tmp_path_factory.mktemp("runs")
-    in_image = workflow_checkout(base / "in_image", PARAMS)
-    on_host = workflow_checkout(base / "on_host", PARAMS)
+    in_image = workflow_checkout(tmp_path_factory.mktemp("runs") / "in_image", RUNTIME_PARAMS)
     environ = {
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
@@ -91,11 +77,7 @@ def runs(tmp_path_factory, image, host_venv) -> tuple[Path, Path]:
         cwd=in_image,
         env=environ,
     )
-    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
-    command += ["--configfile", "params/tiny.yaml"]
-    host = host_environment()
-    run_timed(command, "the tiny experiment on the host", 1500, cwd=on_host, env=host)
-    return in_image, on_host
+    return in_image, tiny_run_on_host
 
 
 def _image_release(image: Path) -> dict[str, str]:
@@ -119,7 +101,7 @@ def test_every_job_ran_inside_the_image(runs, image):
     logs = sorted((in_image / "logs").rglob("*.log"))
     expected = {
         f"tiny/shapes/{run}/{step}.log"
-        for run in RUN_IDS
+        for run in RUNTIME_RUN_IDS
         for step in ("train", "embed", "evaluate")
     }
     expected |= {
@@ -135,7 +117,7 @@ def test_every_job_ran_inside_the_image(runs, image):
     for log in logs:
         assert marker in log.read_text(), f"{log} has no line saying it ran in {image}"
     # gpu_slots ran inside too, and handed each GPU job one of the two GPUs
-    for run in RUN_IDS:
+    for run in RUNTIME_RUN_IDS:
         for step in ("train", "embed"):
             text = (in_image / f"logs/tiny/shapes/{run}/{step}.log").read_text()
             assert "hierpipe.runtime.gpu_slots: running on GPU 0" in text or (
@@ -151,7 +133,7 @@ def test_the_store_holds_every_run_finished(runs):
     (parent,) = [run for run in everything if "mlflow.parentRunId" not in run.data.tags]
     assert parent.info.status == "FINISHED"
     children = {run.info.run_name: run for run in everything if run is not parent}
-    expected = {f"shapes/{run}/{step}" for run in RUN_IDS for step in ("train", "evaluate")}
+    expected = {f"shapes/{run}/{step}" for run in RUNTIME_RUN_IDS for step in ("train", "evaluate")}
     assert set(children) == expected
     for name, child in children.items():
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -172,7 +154,7 @@ def test_the_store_holds_every_run_finished(runs):
 
 def test_results_equal_a_host_run_bitwise(runs):
     in_image, on_host = runs
-    compared = [f"results/tiny/shapes/{run}/metrics.json" for run in RUN_IDS]
+    compared = [f"results/tiny/shapes/{run}/metrics.json" for run in RUNTIME_RUN_IDS]
     compared += [f"results/tiny/summary.{extension}" for extension in ("md", "csv", "parquet")]
     for name in compared:
         assert (in_image / name).read_bytes() == (on_host / name).read_bytes(), name

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_PARAMS
 from mlflow import MlflowClient
 from real_runtimes import (
+    RUNTIME_PARAMS,
+    RUNTIME_RUN_IDS,
     RUNTIMES,
     build_image,
     host_environment,
@@ -39,25 +40,9 @@ from hierpipe.runtime.tracking import sanitize_metric_name
 
 pytestmark = pytest.mark.slow
 
-RUN_IDS = ["softmax-standard-s1", "proxydr-mds-s1", "pa_hier-standard-s1", "random-standard-s1"]
-PARAMS = {
-    **TINY_PARAMS,
-    "runs": [
-        {"model": "softmax"},
-        {"model": "proxydr", "options": ["mds"]},
-        {"model": "pa_hier"},
-        {"model": "random"},
-    ],
-    # what the jobs ask for: a GPU per train and embed job, little memory and time
-    "resources": {
-        "training": {"gpus": 1, "threads": 1, "mem_mb": 2000, "runtime": 15},
-        "other": {"threads": 1, "mem_mb": 2000, "runtime": 15},
-    },
-}
-
 
 def _experiment(name: str, **changes) -> dict:
-    params = copy.deepcopy(PARAMS)
+    params = copy.deepcopy(RUNTIME_PARAMS)
     params["experiment"] = name
     params["runs"] = [{"model": "softmax"}]
     for key, value in changes.items():
@@ -165,13 +150,10 @@ def _now() -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cluster, tracking_server, host_venv, image) -> dict:
+def runs(tmp_path_factory, cluster, tracking_server, host_venv, image, tiny_run_on_host) -> dict:
     """The tiny experiment through SLURM (logging to the tracking server) and locally."""
-    base = tmp_path_factory.mktemp("runs")
-    on_cluster = workflow_checkout(base / "on_cluster", PARAMS)
-    local = workflow_checkout(base / "local", PARAMS)
+    on_cluster = workflow_checkout(tmp_path_factory.mktemp("runs") / "on_cluster", RUNTIME_PARAMS)
     since = _now()
-    started = time.monotonic()
     job = _on_cluster(
         on_cluster,
         cluster,
@@ -183,26 +165,16 @@ def runs(tmp_path_factory, cluster, tracking_server, host_venv, image) -> dict:
     )
     returncode, output = _finish(job)
     assert returncode == 0, output[-5000:]
-    cluster_seconds = time.monotonic() - started
-    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
-    command += ["--configfile", "params/tiny.yaml"]
-    started = time.monotonic()
-    run_timed(command, "the tiny experiment locally", 1200, cwd=local, env=host_environment())
-    local_seconds = time.monotonic() - started
-    print(
-        f"tiny experiment: {cluster_seconds:.1f} s through SLURM, {local_seconds:.1f} s "
-        f"locally ({cluster_seconds / local_seconds:.2f}x)"
-    )
-    return {"cluster": on_cluster, "local": local, "since": since}
+    return {"cluster": on_cluster, "local": tiny_run_on_host, "since": since}
 
 
 def test_every_job_completed_and_the_results_equal_a_local_run(runs, cluster):
     jobs = _sacct(cluster, runs["since"])
     # one cluster job per run (train, embed, evaluate) and per figure job; obtaining the
-    # dataset and writing configs and tables ran where Snakemake ran
-    assert len(jobs) == len(RUN_IDS) + 2, jobs
+    # dataset and writing the resolved params and tables ran where Snakemake ran
+    assert len(jobs) == len(RUNTIME_RUN_IDS) + 2, jobs
     assert {job["State"] for job in jobs} == {"COMPLETED"}, jobs
-    compared = [f"results/tiny/shapes/{run}/metrics.json" for run in RUN_IDS]
+    compared = [f"results/tiny/shapes/{run}/metrics.json" for run in RUNTIME_RUN_IDS]
     compared += [f"results/tiny/summary.{extension}" for extension in ("md", "csv", "parquet")]
     for name in compared:
         assert (runs["cluster"] / name).read_bytes() == (runs["local"] / name).read_bytes(), name
@@ -213,7 +185,7 @@ def test_each_job_ran_in_the_image_on_the_gpus_slurm_gave_it(runs, cluster, imag
     for log in (root / "logs").rglob("*.log"):  # local rules' too
         assert f"in the container {image} (" in log.read_text(), log
     used = {}
-    for run in RUN_IDS:
+    for run in RUNTIME_RUN_IDS:
         for step in ("train", "embed"):
             text = (root / f"logs/tiny/shapes/{run}/{step}.log").read_text()
             line = next(line for line in text.splitlines() if "allocated GPUs" in line)
@@ -245,7 +217,9 @@ def test_the_tracking_server_holds_every_run_finished_with_its_metrics(runs, tra
     (parent,) = [run for run in everything if "mlflow.parentRunId" not in run.data.tags]
     assert parent.info.status == "FINISHED"
     children = {run.info.run_name: run for run in everything if run is not parent}
-    assert set(children) == {f"shapes/{run}/{s}" for run in RUN_IDS for s in ("train", "evaluate")}
+    assert set(children) == {
+        f"shapes/{run}/{s}" for run in RUNTIME_RUN_IDS for s in ("train", "evaluate")
+    }
     for name, child in children.items():
         assert child.info.status == "FINISHED", name
         if name.endswith("/evaluate"):
@@ -327,7 +301,7 @@ def test_a_job_that_fails_ends_the_workflow_naming_its_log(tmp_path, cluster, ho
 @pytest.fixture(scope="module")
 def too_big(tmp_path_factory, cluster, host_venv, image) -> tuple[Path, int, str, list]:
     """A training job asking for more memory than the node has: the workflow's output."""
-    training = {**PARAMS["resources"]["training"], "mem_mb": 10_000_000}
+    training = {**RUNTIME_PARAMS["resources"]["training"], "mem_mb": 10_000_000}
     params = _experiment("tiny_big", resources={"training": training})
     root = workflow_checkout(tmp_path_factory.mktemp("too_big") / "workflow", params)
     since = _now()
