@@ -103,7 +103,8 @@ class Closeness:
     ) -> torch.Tensor:
         """Keys (rows x columns) in the search precision (float32 for float64 input), or with
         ``precise`` in the exact precision, from the same augmented vectors; written into the
-        leading rows of ``out`` when given (a buffer as wide as ``columns``)."""
+        first rows x columns elements of ``out`` when given (a contiguous buffer at least that
+        large, which callers reuse from block to block)."""
         # where the search precision is the exact one, the fast vectors are the precise ones
         if precise and self.search_dtype != self.dtype:
             if self._precise is None:
@@ -117,7 +118,8 @@ class Closeness:
         query, reference = query[rows], reference[columns]
         if out is None:
             return query @ reference.T
-        return torch.mm(query, reference.T, out=out[: len(query)])
+        shape = (len(query), len(reference))
+        return torch.mm(query, reference.T, out=out.view(-1)[: shape[0] * shape[1]].view(shape))
 
     def block_margins(self, rows: slice, columns: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds on the error of ``block(rows, columns)``: one per row (over the block's

@@ -203,11 +203,9 @@ def retrieval_metrics(
     )
     for row_start in range(0, len(q), chunk_size):
         rows = slice(row_start, row_start + chunk_size)
-        height = min(chunk_size, len(q) - row_start)
         for column_start in range(row_start if self_reference else 0, len(ref), chunk_size):
             columns = slice(column_start, column_start + chunk_size)
-            width = min(chunk_size, len(ref) - column_start)
-            keys = closeness.block(rows, columns, out=buffer[: height * width].view(height, width))
+            keys = closeness.block(rows, columns, out=buffer)
             row_labels, column_labels = q_labels[rows], ref_labels[columns]
             if row_labels[-1] >= column_labels[0] and column_labels[-1] >= row_labels[0]:
                 # relevant pairs (and self) are ranked from their exact keys, not counted
